@@ -1,0 +1,1 @@
+"""glassfinder_export: torch -> ONNX / TFLite / CoreML, quantization, parity gates, PQ gallery, bundle."""

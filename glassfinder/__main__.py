@@ -1,0 +1,5 @@
+import sys
+
+from glassfinder.cli import main
+
+sys.exit(main())

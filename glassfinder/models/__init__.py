@@ -1,0 +1,1 @@
+"""Model definitions: one frozen config dataclass and one build function per model."""
