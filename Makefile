@@ -3,8 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test
+.PHONY: install demo test kotlin
 install: $(VENV)/.installed
+
+# The Android stub's numeric core is compiled and checked against the golden vectors by the tests.
+kotlin:
+	@command -v kotlinc >/dev/null || { apt-get update -qq && apt-get install -y -qq kotlin >/dev/null; }
 
 # torch is installed first, alone, so that nothing later can pull a CUDA build (see constraints.txt).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -17,5 +21,5 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(BIN)/glassfinder demo
 
-test: install
-	$(BIN)/python -m pytest -q -n 2
+test: install kotlin
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile

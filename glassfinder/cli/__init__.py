@@ -14,7 +14,7 @@ import sys
 from glassfinder_runtime.errors import GlassfinderError
 
 # Explicit list, no registry magic: add a module here when it lands.
-COMMAND_MODULES: tuple[str, ...] = ("catalog_cmd",)
+COMMAND_MODULES: tuple[str, ...] = ("catalog_cmd", "align_cmd", "tryon_cmd", "preview_cmd", "render_bench_cmd", "gallery_cmd", "train_cmd", "search_cmd", "eval_cmd", "export_cmd", "demo_cmd", "latency_cmd", "parity_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

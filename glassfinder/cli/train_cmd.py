@@ -1,0 +1,151 @@
+"""`glassfinder train embedder|gate`: train a model on batches rendered on the fly."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from glassfinder_runtime.errors import ConfigError
+
+_EPILOG_EMBEDDER = """examples:
+  glassfinder train embedder --steps 3000 --out out/train/embedder
+  glassfinder train embedder --out out/train/embedder --resume          # continue after a stop
+  glassfinder train embedder --loss subcenter-arcface --real-faces ~/faces
+  torchrun --nproc_per_node 2 -m glassfinder train embedder --out out/ddp   # data-parallel
+
+Writes OUT/embedder.safetensors + embedder.json (config, training record, val recall@k),
+OUT/checkpoint.safetensors every --checkpoint-every steps and OUT/log.jsonl.
+Copy the two final files to glassfinder/weights/ to make them the default weights."""
+
+_EPILOG_GATE = """examples:
+  glassfinder train gate --steps 1500 --out out/train/gate
+  glassfinder train gate --out out/train/gate --resume
+
+Writes OUT/gate.safetensors + gate.json: config, the P(glasses) threshold chosen on validation
+data (lowest threshold with FPR <= 1% on val negatives) and its val TPR/FPR."""
+
+
+def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    from glassfinder.losses import LOSS_NAMES
+    from glassfinder.train import DEFAULT_LOSS, TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train the embedder or the gate on synthetic try-on renders",
+                       description="Train a model on crops rendered on the fly from the catalog's TRAIN split "
+                                   "(validation on the VAL split). CPU or CUDA; data-parallel under torchrun.")
+    models = p.add_subparsers(dest="model", metavar="MODEL")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    for name, epilog, out in (("embedder", _EPILOG_EMBEDDER, "out/train/embedder"),
+                              ("gate", _EPILOG_GATE, "out/train/gate")):
+        m = models.add_parser(
+            name, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
+            help=f"train the {name}",
+            description=(f"Train the {name}. Resumable: a checkpoint is written every --checkpoint-every steps; "
+                         "--resume continues exactly where it stopped."))
+        m.add_argument("--steps", type=int, default=d.steps, help=f"total optimiser steps (default {d.steps})")
+        m.add_argument("--batch", type=int, default=d.batch_size,
+                       help=f"batch size per process; embedder: classes x --per-class (default {d.batch_size})")
+        m.add_argument("--per-class", type=int, default=d.samples_per_class,
+                       help=f"embedder: renders per class in a batch (default {d.samples_per_class})")
+        m.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+        m.add_argument("--warmup", type=int, default=d.warmup_steps,
+                       help=f"linear warm-up steps before the cosine decay (default {d.warmup_steps})")
+        m.add_argument("--out", default=out, help=f"output folder (default {out})")
+        m.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+        m.add_argument("--init", metavar="WEIGHTS", default=None,
+                       help=f"start from trained {name}.safetensors (fine-tune with a fresh optimiser and schedule)")
+        m.add_argument("--real-faces", metavar="DIR", default=None,
+                       help="folder of real face photos without glasses, added to the training faces")
+        m.add_argument("--real-share", type=float, default=d.real_face_share,
+                       help=f"with --real-faces: share of renders drawn on a real face (default {d.real_face_share})")
+        m.add_argument("--eval-every", type=int, default=d.eval_every,
+                       help=f"validate every N steps (default {d.eval_every})")
+        m.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                       help=f"checkpoint every N steps (default {d.checkpoint_every})")
+        m.add_argument("--seed", type=int, default=d.seed, help=f"data seed (default {d.seed})")
+        m.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto: CUDA when available (default auto)")
+        if name == "embedder":
+            m.add_argument("--loss", choices=LOSS_NAMES, default=DEFAULT_LOSS,
+                           help=f"metric-learning loss (default {DEFAULT_LOSS}, the measured winner)")
+        m.set_defaults(func=_run_embedder if name == "embedder" else _run_gate)
+
+    b = bench.add_parser(
+        "gate", help="gate TPR / FPR on synthetic val crops and on a folder of real photos",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure the gate at its stored threshold: TPR on glasses worn, FPR on everything else. "
+                    "Synthetic: VAL split glasses on VAL faces vs bare faces, textures and objects. Real (--real): "
+                    "detector -> aligner -> crop -> gate on each photo of a folder with a manifest.csv "
+                    "(file, category); a photo without a face counts as refused.",
+        epilog="example:\n  glassfinder bench gate --real ../shared/realdata --json out/bench_gate.json")
+    b.add_argument("--weights", default=None, help="gate .safetensors (default: the committed weights)")
+    b.add_argument("--real", metavar="DIR", default=None, help="folder of real photos with a manifest.csv")
+    b.add_argument("--n", type=int, default=2000, help="synthetic crops (default 2000)")
+    b.add_argument("--seed", type=int, default=777, help="seed of the synthetic crops (default 777)")
+    b.add_argument("--json", default="out/bench_gate.json", help="where to write the numbers (default out/bench_gate.json)")
+    b.set_defaults(func=_bench_gate)
+
+
+def _config(args: argparse.Namespace):
+    from glassfinder.train import TrainConfig
+
+    k = args.per_class
+    if k < 1 or args.batch < k or args.batch % k:
+        raise ConfigError(f"--batch {args.batch} must be a positive multiple of --per-class {k}")
+    return TrainConfig(out_dir=args.out, steps=args.steps, classes_per_batch=args.batch // k, samples_per_class=k,
+                       lr=args.lr, warmup_steps=args.warmup, loss=getattr(args, "loss", TrainConfig().loss), eval_every=args.eval_every,
+                       checkpoint_every=args.checkpoint_every, seed=args.seed, resume=args.resume,
+                       real_faces_dir=args.real_faces, real_face_share=args.real_share, init_weights=args.init,
+                       device=args.device)
+
+
+def _report(result) -> int:
+    if result.weights is not None:  # rank 0 only
+        print(f"wrote {result.weights} (+ .json) after {result.step} steps")
+        if result.history:
+            print("validation:", json.dumps(result.history[-1]))
+    return 0
+
+
+def _run_embedder(args: argparse.Namespace) -> int:
+    from glassfinder.train import train_embedder
+
+    return _report(train_embedder(_config(args)))
+
+
+def _run_gate(args: argparse.Namespace) -> int:
+    from glassfinder.train import train_gate
+
+    return _report(train_gate(_config(args)))
+
+
+
+
+def _bench_gate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from glassfinder.gate_data import evaluate_gate_real, evaluate_gate_synthetic
+    from glassfinder.models.gate import DEFAULT_GATE_WEIGHTS, load_gate
+    from glassfinder.train import gate_val_source
+
+    gate, side = load_gate(args.weights or DEFAULT_GATE_WEIGHTS)
+    t = float(side["threshold"])
+    result = {"weights": str(args.weights or DEFAULT_GATE_WEIGHTS), "threshold": t,
+              "synthetic_val": evaluate_gate_synthetic(gate_val_source(), gate, t, args.n, args.seed)}
+    if args.real:
+        result["real"] = evaluate_gate_real(args.real, gate, t)
+    print(f"gate threshold {t:.4f} (P(glasses) >= threshold is accepted)")
+    print(f"{'data':<16}{'TPR':>8}{'FPR':>8}{'n_pos':>8}{'n_neg':>8}")
+    for name in ("synthetic_val", "real"):
+        if name in result:
+            r = result[name]
+            print(f"{name:<16}{r['tpr']:>8.3f}{r['fpr']:>8.3f}{r['n_pos']:>8}{r['n_neg']:>8}")
+    for k, v in result["synthetic_val"]["accepted_by_kind"].items():
+        print(f"  synthetic {k:<12} accepted {v:.3f}")
+    if "real" in result:
+        for k, c in sorted(result["real"]["per_category"].items()):
+            print(f"  real {k:<18} accepted {c['accepted']}/{c['n']} (no face: {c['no_face']})")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,249 @@
+"""The open-set retrieval benchmark (DESIGN.md "Evaluation protocol").
+
+- gallery: every SKU of the catalog's gallery split (models never seen in training), each enrolled
+  as the mean of K aligned-crop renders on GALLERY faces with the gallery camera;
+- queries: full scene images of gallery SKUs on disjoint QUERY faces, with the query camera
+  (blur, noise, colour cast, small faces, strong JPEG): the domain shift;
+- negatives (gate FPR): bare QUERY faces and non-face images;
+- the query path is the full pipeline: detector -> aligner -> crop -> gate -> embedder -> search.
+  A query refused by the gate counts as a miss.
+
+`FloatPipeline` runs the torch float models; the same benchmark scores the on-device runtime
+(int8 TFLite + PQ gallery) through `glassfinder_runtime.pipeline.GlassFinder`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from glassfinder.metrics import retrieval_report
+from glassfinder_runtime.geometry import DEFAULT_TEMPLATE, CropTemplate
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the benchmark renders. Defaults are the reference protocol (3,200 SKUs, 3,200 queries)."""
+
+    catalog_seed: int = 0  # glassfinder.catalog.CatalogConfig seed
+    n_gallery: int = 3200  # gallery SKUs (the first n of the gallery split; 3,200 = all)
+    renders_per_sku: int = 8  # K enrollment renders per SKU, averaged
+    gallery_faces: int = 256  # procedural GALLERY faces the enrollment renders use
+    n_queries: int = 3200  # query scenes (gallery SKUs in turn) on QUERY faces
+    n_negatives: int = 400  # bare query faces + non-face images for the gate FPR
+    seed: int = 0  # rendering seed
+    top_k: int = 10
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """What one pipeline did with one photo."""
+
+    accepted: bool  # the gate accepted (a face with glasses)
+    reason: str | None  # None, "no_face" or "no_glasses"
+    vector: npt.NDArray[np.float32] | None  # (d,) unit embedding when accepted
+
+
+# One photo -> outcome. FloatPipeline is one; evaluate_runtime wraps GlassFinder as another.
+Pipeline = Callable[[Image.Image], QueryOutcome]
+
+
+class FloatPipeline:
+    """The torch float pipeline: Landmarker (detector + aligner), aligned crop, gate, embedder."""
+
+    def __init__(self, landmarker=None, embedder=None, gate=None, gate_threshold: float | None = None,
+                 template: CropTemplate = DEFAULT_TEMPLATE):
+        from glassfinder.landmarks import default_landmarker
+        from glassfinder.models.embedder import load_embedder
+        from glassfinder.models.gate import load_gate
+
+        self.landmarker = landmarker or default_landmarker()
+        self.embedder = embedder if embedder is not None else load_embedder()[0]
+        if gate is None:
+            gate, meta = load_gate()
+            gate_threshold = float(meta["threshold"]) if gate_threshold is None else gate_threshold
+        if gate_threshold is None:
+            raise ValueError("gate_threshold is required with an explicit gate")
+        self.gate, self.threshold, self.template = gate, gate_threshold, template
+
+    def crop(self, image: Image.Image) -> tuple[npt.NDArray[np.uint8] | None, str | None]:
+        from glassfinder_runtime.align import align_crop
+
+        face = self.landmarker(image)
+        if face is None:
+            return None, "no_face"
+        return align_crop(image, face.keypoints, self.template)[0], None
+
+    def __call__(self, image: Image.Image) -> QueryOutcome:
+        from glassfinder.models.embedder import embed_images
+        from glassfinder.models.gate import gate_scores
+
+        from glassfinder.landmarks import one_thread
+
+        crop, reason = self.crop(image)
+        if crop is None:
+            return QueryOutcome(False, reason, None)
+        with one_thread():
+            probs = gate_scores(self.gate, crop[None])[0]
+            if 1.0 - probs[-1] < self.threshold:  # P(glasses) = 1 - P(none)
+                return QueryOutcome(False, "no_glasses", None)
+            return QueryOutcome(True, None, embed_images(self.embedder, crop[None])[0])
+
+
+def enroll_gallery(skus: Sequence, embed: Callable[[np.ndarray], np.ndarray], cfg: EvalConfig,
+                   progress: bool = True) -> npt.NDArray[np.float32]:
+    """(n_skus, d) unit vectors: mean of K crop renders per SKU on GALLERY faces (gallery camera).
+
+    embed: (n, H, W, 3) uint8 aligned crops -> (n, d) unit vectors.
+    """
+    from tqdm import tqdm
+
+    from glassfinder.camera import GALLERY_CAMERA
+    from glassfinder.landmarks import one_thread
+    from glassfinder.renderer import FaceCropCache, render_crop_batch
+
+    faces = FaceCropCache.from_split("gallery", n=cfg.gallery_faces, seed=cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 1])
+    K = cfg.renders_per_sku
+    out = []
+    for sku in tqdm(skus, desc="enroll gallery", unit="sku", disable=not progress):
+        crops = render_crop_batch([sku] * K, faces, rng, camera=GALLERY_CAMERA)
+        with one_thread():  # K crops at a time: threads only add overhead (see one_thread)
+            v = embed(crops).mean(axis=0)
+        out.append(v / max(np.linalg.norm(v), 1e-12))
+    return np.asarray(out, dtype=np.float32)
+
+
+def query_scenes(skus: Sequence, n: int, seed: int) -> list[tuple[Image.Image, int]]:
+    """n (scene image, gallery row) pairs: SKU i % len(skus) on query face i, with the query camera."""
+    from glassfinder.camera import QUERY_CAMERA
+    from glassfinder.faces import make_face
+    from glassfinder.renderer import render_scene
+
+    rng = np.random.default_rng([seed, 2])
+    out = []
+    for i in range(n):
+        row = i % len(skus)
+        scene = render_scene(skus[row], make_face(i, split="query"), rng, camera=QUERY_CAMERA)
+        out.append((scene.image, row))
+    return out
+
+
+def negative_images(n: int, seed: int) -> list[Image.Image]:
+    """n gate negatives: half bare QUERY faces (query camera), half non-face images."""
+    from glassfinder.camera import QUERY_CAMERA
+    from glassfinder.faces import make_face
+    from glassfinder.gate_data import random_objects, random_textures
+    from glassfinder.renderer import render_scene
+
+    rng = np.random.default_rng([seed, 3])
+    bare = [render_scene(None, make_face(100_000 + i, split="query"), rng, camera=QUERY_CAMERA).image
+            for i in range(n // 2)]
+    m = n - n // 2
+    scenes = np.concatenate([random_objects(m - m // 2, rng, 256, 256), random_textures(m // 2, rng, 256, 256)])
+    return bare + [Image.fromarray(x) for x in scenes]
+
+
+def run_queries(pipeline: Pipeline, images: Sequence[Image.Image], progress: bool = True,
+                desc: str = "queries") -> list[QueryOutcome]:
+    from tqdm import tqdm
+
+    return [pipeline(im) for im in tqdm(images, desc=desc, unit="img", disable=not progress)]
+
+
+def exact_topk(xb: npt.NDArray[np.float32], xq: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
+    """(nq, k) rows of xb by descending inner product (unit vectors: cosine)."""
+    from glassfinder_runtime.gallery import exact_search
+
+    return exact_search(xb, xq, k, "IP")[1]
+
+
+def ranked(outcomes: Sequence[QueryOutcome], search: Callable[[np.ndarray, int], np.ndarray],
+           k: int) -> npt.NDArray[np.int64]:
+    """(n, k) gallery rows per query, best first; refused queries rank nothing (-1)."""
+    I = np.full((len(outcomes), k), -1, dtype=np.int64)
+    ok = [i for i, o in enumerate(outcomes) if o.accepted]
+    if ok:
+        I[ok] = search(np.stack([outcomes[i].vector for i in ok]), k)
+    return I
+
+
+def _labels(I: np.ndarray, rows: Sequence[int], skus: Sequence) -> tuple:
+    """retrieval_report's arguments: strict labels are gallery rows, size-insensitive ones groups."""
+    rows = np.asarray(rows)
+    groups = np.unique([s.group_id for s in skus], return_inverse=True)[1]
+    return I, rows, np.arange(len(skus)), groups[rows], groups
+
+
+def failure_sheet(images: Sequence[Image.Image], rows: Sequence[int], I: np.ndarray, skus: Sequence,
+                  max_rows: int = 12, seed: int = 0) -> Image.Image:
+    """Failed queries (top-1 wrong), one per line: the query photo, the true SKU, then the top-5,
+    each SKU drawn on the same neutral gallery face so that only the frames differ."""
+    from PIL import ImageDraw
+
+    from glassfinder.renderer import FaceCropCache, render_crop_batch
+
+    failed = [i for i in range(len(rows)) if I[i, 0] != rows[i]][:max_rows]
+    faces = FaceCropCache.from_split("gallery", n=1, seed=seed)
+    rng = np.random.default_rng(seed)
+
+    def render(row: int) -> Image.Image:
+        return Image.fromarray(render_crop_batch([skus[row]], faces, rng, face_index=[0], flip=False)[0])
+
+    cw, ch, qh = 128, 64, 96
+    sheet = Image.new("RGB", (qh + 10 + 6 * (cw + 8), 30 + max(1, len(failed)) * (qh + 22)), "white")
+    d = ImageDraw.Draw(sheet)
+    d.text((6, 6), f"{len(failed)} failed queries shown: query | true SKU | top-5 (red: wrong, green: right)", fill=(0, 0, 0))
+    for line, i in enumerate(failed):
+        y = 30 + line * (qh + 22)
+        sheet.paste(images[i].convert("RGB").resize((qh, qh)), (0, y))
+        cells = [(rows[i], "true")] + [(int(r), f"#{j + 1}") for j, r in enumerate(I[i, :5])]
+        for j, (row, label) in enumerate(cells):
+            x = qh + 10 + j * (cw + 8)
+            if row < 0:
+                d.text((x, y + 20), "refused", fill=(200, 0, 0))
+                continue
+            sheet.paste(render(row), (x, y))
+            colour = (0, 0, 0) if label == "true" else ((0, 150, 0) if row == rows[i] else (200, 0, 0))
+            d.text((x, y + ch + 2), f"{label} {skus[row].sku_id}"[:24], fill=colour)
+            d.text((x, y + ch + 14), f"{skus[row].shape.family.value} / {skus[row].colourway.name}"[:24], fill=(90, 90, 90))
+    return sheet
+
+
+def evaluate(cfg: EvalConfig = EvalConfig(), pipeline: FloatPipeline | None = None,
+             progress: bool = True, sheet: str | None = None) -> dict:
+    """The float benchmark: torch models, exact cosine search. Returns the JSON-ready report;
+    `sheet`: also write a picture of failed queries with their top-5."""
+    from glassfinder.catalog import CatalogConfig, build_catalog
+    from glassfinder.models.embedder import embed_images
+
+    t0 = time.perf_counter()
+    pipeline = pipeline or FloatPipeline()
+    catalog = build_catalog(CatalogConfig(seed=cfg.catalog_seed))
+    skus = catalog.by_split("gallery")[: cfg.n_gallery]
+    xb = enroll_gallery(skus, lambda crops: embed_images(pipeline.embedder, crops), cfg, progress)
+    queries = query_scenes(skus, cfg.n_queries, cfg.seed)
+    outcomes = run_queries(pipeline, [im for im, _ in queries], progress)
+    negatives = run_queries(pipeline, negative_images(cfg.n_negatives, cfg.seed), progress, "negatives")
+    rows = [r for _, r in queries]
+    I = ranked(outcomes, lambda xq, k: exact_topk(xb, xq, k), cfg.top_k)
+    report = retrieval_report(*_labels(I, rows, skus))
+    if sheet:
+        failure_sheet([im for im, _ in queries], rows, I, skus).save(sheet)
+    report.update(
+        gate_tpr=float(np.mean([o.accepted for o in outcomes])),
+        gate_fpr=float(np.mean([o.accepted for o in negatives])) if negatives else 0.0,
+        gallery_skus=len(skus), queries=len(outcomes), negatives=len(negatives),
+        refused_no_face=sum(o.reason == "no_face" for o in outcomes),
+        refused_no_glasses=sum(o.reason == "no_glasses" for o in outcomes),
+        pipeline="torch float, exact cosine search",
+        splits={"gallery_skus": "catalog split 'gallery' (models disjoint from train and val)",
+                "gallery_faces": "face split 'gallery'", "query_faces": "face split 'query'",
+                "negatives": "face split 'query' (bare) + procedural non-face images"},
+        config=asdict(cfg), seconds=round(time.perf_counter() - t0, 1),
+    )
+    return report

@@ -1,0 +1,713 @@
+"""Training: `train_embedder(cfg)` and `train_gate(cfg)`.
+
+Batches are rendered on the fly (no data set on disk): the embedder sees P classes x K renders per
+step, a class being a SKU *group* (model + colourway; the sizes of a group look identical), from
+the TRAIN split of the catalog on TRAIN faces. Validation uses the VAL split (neither train nor
+gallery): recall@1 of query renders against enrolled renders of the same val groups on other
+faces, with exact cosine search.
+
+The loop is the same for both models and for 1..N processes:
+- AdamW, linear warm-up then cosine decay, computed from the step (no scheduler state to save);
+- the data of step s on rank r is drawn from `np.random.default_rng([seed, r, s])`, so a resumed
+  run continues bit for bit: a checkpoint needs only the weights, the optimiser state and the step;
+- under torchrun (WORLD_SIZE > 1) it runs DistributedDataParallel (gloo on CPU, nccl on CUDA);
+  each rank draws its own batches, gradients are averaged, only rank 0 validates and writes.
+
+Where the pixels come from is behind two small protocols (`CropSource`, `GateSource`), so the loop
+runs on the real renderer or on the coloured-shapes stand-in the tests use.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from glassfinder.losses import LOSS_NAMES, MetricLoss, build_loss
+from glassfinder.models.embedder import (
+    Embedder,
+    EmbedderConfig,
+    build_embedder,
+    embed_images,
+    images_to_tensor,
+    read_weights,
+    save_weights,
+)
+from glassfinder.models.gate import NONE_CLASS, Gate, GateConfig, build_gate, gate_scores
+from glassfinder_runtime.errors import ConfigError
+
+DEFAULT_LOSS = "multi-similarity"  # the measured winner (glassfinder/weights/TRAINING.md)
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. The same fields drive the embedder and the gate."""
+
+    out_dir: str = "out/train"  # checkpoints, log.jsonl and the final <model>.safetensors + .json
+    steps: int = 3000  # optimiser steps in total (a resumed run continues up to this)
+    classes_per_batch: int = 16  # P: classes per embedder batch (gate: batch = P * K samples)
+    samples_per_class: int = 4  # K: renders per class in a batch (multi-similarity needs K >= 2)
+    lr: float = 2e-3  # peak AdamW learning rate
+    loss_lr_mult: float = 10.0  # learning-rate multiplier for a loss's own parameters (ArcFace centres)
+    weight_decay: float = 0.02  # AdamW decay on conv/linear weights (not on BN and biases)
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.02
+    loss: str = DEFAULT_LOSS  # embedder only: one of glassfinder.losses.LOSS_NAMES
+    log_every: int = 10  # steps between log.jsonl lines
+    eval_every: int = 250  # steps between validations (and at the end)
+    checkpoint_every: int = 100  # steps between checkpoints (and at the end)
+    seed: int = 0  # data seed: step s on rank r draws from default_rng([seed, r, s])
+    val_seed: int = 12345  # seed of the fixed validation set
+    val_classes: int = 300  # embedder: val groups enrolled and queried at validation
+    val_enroll: int = 2  # embedder: renders enrolled per val group (mean vector, like the gallery)
+    val_size: int = 1200  # gate: validation crops
+    max_val_fpr: float = 0.01  # gate: threshold = lowest P(glasses) cut-off with val FPR <= this
+    resume: bool = False  # continue from out_dir/checkpoint.safetensors
+    real_faces_dir: str | None = None  # folder of real face photos (no glasses) added to the train faces
+    real_face_share: float = 0.5  # with real faces: share of renders drawn on them (the rest procedural)
+    init_weights: str | None = None  # start from these <model>.safetensors (fine-tuning; fresh optimiser)
+    device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.samples_per_class
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.classes_per_batch < 1 or self.samples_per_class < 1:
+            raise ConfigError("steps, classes_per_batch and samples_per_class must be >= 1")
+        if self.loss not in LOSS_NAMES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
+        if not 0.0 <= self.real_face_share <= 1.0:
+            raise ConfigError(f"real_face_share must be in [0, 1], got {self.real_face_share}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+# Fields that must match between a checkpoint and the config resuming it (others may change).
+_RESUME_KEYS = ("classes_per_batch", "samples_per_class", "lr", "loss_lr_mult", "weight_decay",
+                "warmup_steps", "min_lr_ratio", "loss", "seed", "steps")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data protocols
+
+
+class CropSource(Protocol):
+    """Renders aligned crops of labelled classes."""
+
+    num_classes: int  # labels are 0 .. num_classes - 1
+
+    def render(self, labels: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+        """(n,) class labels -> (n, H, W, 3) uint8 RGB crops, one fresh render per label."""
+        ...
+
+
+class GateSource(Protocol):
+    """Draws labelled gate crops (GATE_CLASSES order: eyeglasses, sunglasses, none)."""
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        """-> (n, H, W, 3) uint8 crops, (n,) int64 labels."""
+        ...
+
+
+@dataclass(frozen=True)
+class EmbedderData:
+    train: CropSource  # TRAIN split groups on TRAIN faces
+    val_enroll: CropSource  # VAL split groups on the faces used for enrolment
+    val_query: CropSource  # the same VAL groups (same label order) on other faces, with a camera shift
+
+
+@dataclass(frozen=True)
+class GateData:
+    train: GateSource
+    val: GateSource
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure pieces
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr_ratio * cfg.lr at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    lo = cfg.min_lr_ratio
+    return cfg.lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:
+    """The data generator of one step on one rank: a pure function of (seed, rank, step)."""
+    return np.random.default_rng([seed, rank, step])
+
+
+def pk_labels(num_classes: int, p: int, k: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """P distinct classes (fewer if there are fewer) x K samples each: (P*K,) int64, grouped by class."""
+    chosen = rng.choice(num_classes, size=min(p, num_classes), replace=False)
+    return np.repeat(chosen, k).astype(np.int64)
+
+
+def recall_at_k(gallery: npt.NDArray[np.float32], gallery_labels: npt.NDArray[np.int64],
+                queries: npt.NDArray[np.float32], query_labels: npt.NDArray[np.int64],
+                ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Exact cosine search of (nq, d) L2-normalised queries in (ng, d) gallery vectors.
+
+    recall@k = fraction of queries whose label is among the labels of the k most similar gallery rows.
+    """
+    S = queries @ gallery.T
+    order = np.argsort(-S, axis=1, kind="stable")
+    hits = gallery_labels[order] == query_labels[:, None]
+    return {f"recall@{k}": float(hits[:, :k].any(1).mean()) for k in ks}
+
+
+def enroll(embeddings: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]) -> tuple[
+        npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Mean of each class's (n, d) embeddings, re-normalised: (c, d) vectors and their (c,) labels."""
+    classes = np.unique(labels)
+    means = np.stack([embeddings[labels == c].mean(0) for c in classes]).astype(np.float32)
+    means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
+    return means, classes
+
+
+def choose_threshold(neg_scores: npt.NDArray[np.float32], max_fpr: float) -> float:
+    """Lowest threshold t on a score (accept when score >= t) whose false-positive rate on the
+    (n,) negative scores is <= max_fpr."""
+    if len(neg_scores) == 0:
+        raise ConfigError("cannot choose a gate threshold without validation negatives")
+    allowed = int(math.floor(max_fpr * len(neg_scores) + 1e-9))  # negatives that may pass
+    s = np.sort(np.asarray(neg_scores, dtype=np.float32))[::-1]
+    if allowed >= len(s):
+        return 0.0
+    # The next float32 above the (allowed+1)-th highest negative: it and all below are refused.
+    # float32, because that is what the runtime compares (a float64 step would round away).
+    return float(np.nextafter(s[allowed], np.float32(np.inf)))
+
+
+def rates(pos_scores: npt.NDArray[np.float32], neg_scores: npt.NDArray[np.float32], t: float) -> dict[str, float]:
+    """TPR on positives and FPR on negatives when accepting score >= t."""
+    pos, neg = np.asarray(pos_scores, np.float32), np.asarray(neg_scores, np.float32)
+    t32 = np.float32(t)
+    return {"tpr": float(np.mean(pos >= t32)) if len(pos) else float("nan"),
+            "fpr": float(np.mean(neg >= t32)) if len(neg) else float("nan")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed / device setup
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int
+    world: int
+    device: torch.device
+    initialised_here: bool
+
+
+def _setup(cfg: TrainConfig) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA device")
+    if world <= 1:
+        return _Dist(0, 1, torch.device("cuda" if want_cuda else "cpu"), False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if want_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        # Share the cores between the local processes instead of oversubscribing them.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    here = False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+        here = True
+    return _Dist(dist.get_rank(), dist.get_world_size(), device, here)
+
+
+def _barrier(d: _Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints (glassfinder.checkpoint: safetensors, no pickle)
+
+
+def _save_checkpoint(out: Path, module: nn.Module, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    from glassfinder.checkpoint import save_checkpoint
+
+    save_checkpoint(out / CHECKPOINT_NAME, module.state_dict(), opt.state_dict(), meta)
+
+
+def _check_paths(cfg: TrainConfig) -> None:
+    """Fail before the slow data set-up when a path the run needs is missing."""
+    if cfg.resume and not (Path(cfg.out_dir) / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"{Path(cfg.out_dir) / CHECKPOINT_NAME}: no checkpoint to resume from "
+                          "(train without --resume first)")
+    if cfg.real_faces_dir is not None and not Path(cfg.real_faces_dir).is_dir():
+        raise ConfigError(f"{cfg.real_faces_dir}: real-face folder not found")
+    if cfg.init_weights is not None and not Path(cfg.init_weights).is_file():
+        raise ConfigError(f"{cfg.init_weights}: weights to start from not found")
+
+
+def _load_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    from glassfinder.checkpoint import load_checkpoint
+
+    path = out / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path}: no checkpoint to resume from (train without --resume first)")
+    return load_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared loop
+
+
+class _EmbedderWithLoss(nn.Module):
+    """Model + loss in one module, so DDP averages the gradients of both (ArcFace centres too)."""
+
+    def __init__(self, model: Embedder, loss: MetricLoss):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.model(x), labels)
+
+
+class _GateWithLoss(nn.Module):
+    def __init__(self, model: Gate):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.model(x), labels)
+
+
+def _param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Decay conv/linear weights only; the loss's own parameters get loss_lr_mult x the lr."""
+    decay, no_decay, loss_params = [], [], []
+    for name, p in module.named_parameters():
+        if name.startswith("loss."):
+            loss_params.append(p)
+        elif p.ndim <= 1:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
+    if loss_params:
+        groups.append({"params": loss_params, "weight_decay": 0.0, "lr_mult": cfg.loss_lr_mult})
+    return groups
+
+
+StepCallback = Callable[[int, nn.Module], None]
+
+
+def _run(cfg: TrainConfig, name: str, module: nn.Module, preprocess: Callable[[npt.NDArray[np.uint8]], torch.Tensor],
+         make_batch: Callable[[np.random.Generator], tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]],
+         validate: Callable[[], dict[str, float]], d: _Dist, extra_meta: dict[str, Any],
+         on_step: StepCallback | None) -> tuple[int, list[dict[str, Any]]]:
+    """Train `module` (model + loss) from its checkpoint or from scratch up to cfg.steps.
+
+    Returns (final step, history of validation records)."""
+    out = Path(cfg.out_dir)
+    module.to(d.device)
+    opt = torch.optim.AdamW(_param_groups(module, cfg), lr=cfg.lr)
+    start, history = 0, []
+    if cfg.resume:
+        state, opt_state, meta = _load_checkpoint(out)
+        saved = meta.get("train_config", {})
+        diff = [k for k in _RESUME_KEYS if k in saved and saved[k] != getattr(cfg, k)]
+        if meta.get("task") != name or diff:
+            raise ConfigError(f"{out / CHECKPOINT_NAME}: was written by a different run "
+                              f"(task {meta.get('task')!r}, differing options: {', '.join(diff) or 'none'})")
+        module.load_state_dict(state)
+        opt.load_state_dict(opt_state)
+        start, history = int(meta["step"]), list(meta.get("history", []))
+    if d.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    wrapped: nn.Module = module
+    if d.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    module.train()
+
+    def checkpoint(step: int) -> None:
+        if d.rank == 0:
+            meta = {"task": name, "step": step, "history": history, "train_config": asdict(cfg), **extra_meta}
+            _save_checkpoint(out, module, opt, meta)
+        _barrier(d)
+
+    # A fresh run starts a fresh log; a resumed one appends to it.
+    log = (out / "log.jsonl").open("a" if cfg.resume else "w") if d.rank == 0 else None
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {name}", disable=d.rank != 0, file=sys.stderr,
+               dynamic_ncols=True)
+    t0, smooth = time.time(), None
+    try:
+        for step in range(start, cfg.steps):
+            lr = learning_rate(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            images, labels = make_batch(step_rng(cfg.seed, d.rank, step))
+            x = preprocess(images).to(d.device, non_blocking=True)
+            y = torch.from_numpy(labels).to(d.device)
+            loss = wrapped(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
+            done = step + 1
+            if on_step is not None:
+                on_step(done, module)
+            bar.update(1)
+            bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr:.2e}")
+            if log is not None and (done % cfg.log_every == 0 or done == cfg.steps):
+                log.write(json.dumps({"step": done, "loss": value, "loss_smooth": smooth, "lr": lr,
+                                      "elapsed_s": round(time.time() - t0, 2)}) + "\n")
+                log.flush()
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                if d.rank == 0:
+                    record = {"step": done, **validate()}
+                    history.append(record)
+                    bar.write(f"[{name}] step {done}: " + ", ".join(
+                        f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)), file=sys.stderr)
+                    if log is not None:
+                        log.write(json.dumps({"val": record}) + "\n")
+                        log.flush()
+                module.train()
+                _barrier(d)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                checkpoint(done)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return max(start, cfg.steps), history
+
+
+def _finish(d: _Dist) -> None:
+    if d.initialised_here:
+        dist.destroy_process_group()
+
+
+def _init_from(model: nn.Module, model_cfg: Any, path: str | None) -> dict[str, Any]:
+    """Load starting weights for fine-tuning; returns their sidecar's training record ({} when none)."""
+    if path is None:
+        return {}
+    state, side = read_weights(path)
+    if type(model_cfg).from_dict(side["config"]) != model_cfg:
+        raise ConfigError(f"{path}: its config differs from the model being trained; cannot start from it")
+    model.load_state_dict(state)
+    return {"weights": str(path), "train": side.get("train", {}), "validation": side.get("validation", {})}
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedder
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    weights: Path | None  # the final <model>.safetensors (rank 0), None on other ranks
+    step: int
+    history: list[dict[str, Any]] = field(default_factory=list)  # validation records
+
+
+def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
+                   model_cfg: EmbedderConfig = EmbedderConfig(), on_step: StepCallback | None = None) -> TrainResult:
+    """Train the embedder; writes out_dir/embedder.safetensors + embedder.json (config, val numbers).
+
+    data: where the crops come from; default: the catalog renderer (`default_embedder_data`).
+    on_step(step, module): called after every optimiser step (tests use it to watch the weights).
+    """
+    if cfg.samples_per_class < 2 and cfg.loss != "subcenter-arcface":
+        raise ConfigError(f"--loss {cfg.loss} needs at least 2 renders per class in a batch")
+    _check_paths(cfg)
+    d = _setup(cfg)
+    try:
+        data = data if data is not None else default_embedder_data(cfg)
+        model = build_embedder(model_cfg)
+        init = _init_from(model, model_cfg, cfg.init_weights)
+        loss = build_loss(cfg.loss, data.train.num_classes, model_cfg.embedding_dim)
+        module = _EmbedderWithLoss(model, loss)
+        val_set: dict[str, Any] = {}
+
+        def preprocess(images: npt.NDArray[np.uint8]) -> torch.Tensor:
+            return images_to_tensor(images, model_cfg.mean, model_cfg.std)
+
+        def make_batch(rng: np.random.Generator) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+            labels = pk_labels(data.train.num_classes, cfg.classes_per_batch, cfg.samples_per_class, rng)
+            return data.train.render(labels, rng), labels
+
+        def validate() -> dict[str, float]:
+            if not val_set:  # rendered once, lazily, from a fixed seed
+                val_set.update(_embedder_val_set(data, cfg))
+            g = embed_images(model, val_set["enroll"])
+            q = embed_images(model, val_set["query"])
+            gallery, glabels = enroll(g, val_set["enroll_labels"])
+            return recall_at_k(gallery, glabels, q, val_set["query_labels"])
+
+        step, history = _run(cfg, "embedder", module, preprocess, make_batch, validate, d,
+                             {"num_classes": data.train.num_classes, "model_config": model_cfg.to_dict()}, on_step)
+        weights = None
+        if d.rank == 0:
+            weights = Path(cfg.out_dir) / "embedder.safetensors"
+            model.cpu()
+            save_weights(model, model_cfg, weights, {
+                "train": {"loss": cfg.loss, "steps": step, "batch": cfg.batch_size, "lr": cfg.lr,
+                          "warmup_steps": cfg.warmup_steps,
+                          "classes_per_batch": cfg.classes_per_batch, "samples_per_class": cfg.samples_per_class,
+                          "seed": cfg.seed, "num_classes": data.train.num_classes},
+                "validation": history[-1] if history else {},
+                "validation_split": "val (catalog VAL split; enrolment and query renders on disjoint faces)",
+                "init": init,
+            })
+        return TrainResult(weights, step, history)
+    finally:
+        _finish(d)
+
+
+def _embedder_val_set(data: EmbedderData, cfg: TrainConfig) -> dict[str, Any]:
+    rng = np.random.default_rng(cfg.val_seed)
+    n = min(cfg.val_classes, data.val_enroll.num_classes)
+    classes = np.sort(rng.choice(data.val_enroll.num_classes, size=n, replace=False)).astype(np.int64)
+    enroll_labels = np.repeat(classes, cfg.val_enroll)
+    return {"enroll": data.val_enroll.render(enroll_labels, rng), "enroll_labels": enroll_labels,
+            "query": data.val_query.render(classes, rng), "query_labels": classes}
+
+
+# ---------------------------------------------------------------------------------------------
+# Gate
+
+
+def train_gate(cfg: TrainConfig, data: GateData | None = None, model_cfg: GateConfig = GateConfig(),
+               on_step: StepCallback | None = None) -> TrainResult:
+    """Train the gate; writes out_dir/gate.safetensors + gate.json with the threshold chosen on val
+    (the lowest P(glasses) cut-off whose FPR on val negatives is <= cfg.max_val_fpr)."""
+    _check_paths(cfg)
+    d = _setup(cfg)
+    try:
+        data = data if data is not None else default_gate_data(cfg)
+        model = build_gate(model_cfg)
+        init = _init_from(model, model_cfg, cfg.init_weights)
+        module = _GateWithLoss(model)
+        val_set: dict[str, Any] = {}
+
+        def preprocess(images: npt.NDArray[np.uint8]) -> torch.Tensor:
+            return images_to_tensor(images, model_cfg.mean, model_cfg.std)
+
+        def make_batch(rng: np.random.Generator) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+            return data.train.sample(cfg.batch_size, rng)
+
+        def validate() -> dict[str, float]:
+            if not val_set:
+                images, labels = data.val.sample(cfg.val_size, np.random.default_rng(cfg.val_seed))
+                val_set.update(images=images, labels=labels)
+            return gate_metrics(gate_scores(model, val_set["images"]), val_set["labels"], cfg.max_val_fpr)
+
+        step, history = _run(cfg, "gate", module, preprocess, make_batch, validate, d, {}, on_step)
+        weights = None
+        if d.rank == 0:
+            final = history[-1] if history else {}
+            weights = Path(cfg.out_dir) / "gate.safetensors"
+            model.cpu()
+            save_weights(model, model_cfg, weights, {
+                "threshold": final.get("threshold", 0.5),
+                "threshold_rule": f"lowest P(glasses) with FPR <= {cfg.max_val_fpr} on val negatives",
+                "score": "P(glasses) = 1 - softmax(logits)[none]",
+                "train": {"steps": step, "batch": cfg.batch_size, "seed": cfg.seed, "lr": cfg.lr,
+                          "real_faces_dir": cfg.real_faces_dir, "real_face_share": cfg.real_face_share},
+                "validation": final,
+                "validation_split": "val (catalog VAL split glasses on val faces; val bare faces and procedural negatives)",
+                "init": init,
+            })
+        return TrainResult(weights, step, history)
+    finally:
+        _finish(d)
+
+
+def gate_metrics(probs: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], max_fpr: float) -> dict[str, float]:
+    """(n, 3) class probabilities and (n,) labels -> threshold on P(glasses), TPR, FPR, 3-class accuracy."""
+    score = 1.0 - probs[:, NONE_CLASS]
+    pos, neg = score[labels != NONE_CLASS], score[labels == NONE_CLASS]
+    t = choose_threshold(neg, max_fpr)
+    r = rates(pos, neg, t)
+    worn = labels != NONE_CLASS
+    # Among accepted glasses: eyeglasses vs sunglasses right?
+    kind_acc = float(np.mean(probs[worn, :NONE_CLASS].argmax(1) == labels[worn])) if worn.any() else float("nan")
+    return {"threshold": t, "tpr": r["tpr"], "fpr": r["fpr"], "accuracy": float(np.mean(probs.argmax(1) == labels)),
+            "kind_accuracy": kind_acc}
+
+
+# ---------------------------------------------------------------------------------------------
+# Default data: the catalog renderer on procedural (and optionally real) faces
+
+TRAIN_FACES = 400  # procedural TRAIN faces cached as aligned crops (about 0.1 s each to build)
+VAL_FACES = 120  # procedural VAL faces: the first half enrols, the second half queries
+
+
+class RenderedCropSource:
+    """A CropSource over catalog groups: label c is groups[c]; each render takes a random size
+    (SKU) of the group, a random cached face, the renderer's fit jitter and mirroring, and then
+    one of `cameras` (a camera model drawn per sample; none: clean renders)."""
+
+    def __init__(self, groups: list[list[Any]], faces: Any, cameras: tuple[Any, ...] = (), real_share: float = 0.5):
+        self.groups, self.faces, self.cameras = groups, faces, cameras
+        self.num_classes = len(groups)
+        self.pick_faces = face_picker(faces.face_ids, real_share)
+
+    def render(self, labels: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+        from glassfinder.renderer import render_crop_batch
+
+        skus = [self.groups[c][int(rng.integers(len(self.groups[c])))] for c in labels]
+        return _camera(render_crop_batch(skus, self.faces, rng, face_index=self.pick_faces(len(skus), rng)),
+                       self.cameras, rng)
+
+
+def face_picker(face_ids: list[str], real_share: float) -> Callable[[int, np.random.Generator], npt.NDArray[np.int64]]:
+    """Face indices for n renders: a few real photos among hundreds of procedural faces would
+    hardly be seen, so when both kinds are there a `real_share` of the renders uses a real one."""
+    real = np.array([f.startswith("real-") for f in face_ids])
+    ri, pi = np.flatnonzero(real), np.flatnonzero(~real)
+
+    def pick(n: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        if len(ri) == 0 or len(pi) == 0:
+            return rng.integers(0, len(face_ids), size=n)
+        use_real = rng.random(n) < real_share
+        return np.where(use_real, ri[rng.integers(len(ri), size=n)], pi[rng.integers(len(pi), size=n)])
+
+    return pick
+
+
+def _camera(images: npt.NDArray[np.uint8], cameras: tuple[Any, ...], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+    if not cameras or len(images) == 0:
+        return images
+    from glassfinder.camera import apply_camera
+
+    picks = rng.integers(len(cameras), size=len(images))
+    return np.stack([apply_camera(img, rng, cameras[int(k)]) for img, k in zip(images, picks)])
+
+
+def group_skus(skus: Any) -> list[list[Any]]:
+    """SKUs grouped by group_id (sizes of one model + colourway), groups in first-seen order."""
+    groups: dict[str, list[Any]] = {}
+    for s in skus:
+        groups.setdefault(s.group_id, []).append(s)
+    return list(groups.values())
+
+
+def _val_faces() -> list[Any]:
+    from glassfinder.faces import make_face
+
+    return [make_face(i, "val") for i in range(VAL_FACES)]
+
+
+def _faces(real_faces_dir: str | None) -> tuple[Any, list[Any]]:
+    """(TRAIN faces as a FaceCropCache, with the real photos when given; VAL FaceSamples)."""
+    from glassfinder.faces import make_face
+    from glassfinder.renderer import FaceCropCache
+
+    train = [make_face(i, "train") for i in tqdm(range(TRAIN_FACES), desc="train faces", file=sys.stderr,
+                                                  disable=_rank() != 0)]
+    if real_faces_dir:
+        from glassfinder.faces import load_real_faces
+        from glassfinder.landmarks import default_landmarker
+
+        train += load_real_faces(real_faces_dir, default_landmarker(), split="train")
+    return FaceCropCache(train), _val_faces()
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _cameras() -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(training cameras, query camera): training mixes the gallery and the query presets; val
+    queries use the query preset (the camera shift the evaluation protocol asks for)."""
+    from glassfinder.camera import GALLERY_CAMERA, QUERY_CAMERA
+
+    return (GALLERY_CAMERA, QUERY_CAMERA), (QUERY_CAMERA,)
+
+
+def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
+    """TRAIN split groups on TRAIN faces; VAL split groups enrolled and queried on disjoint VAL faces."""
+    from glassfinder.catalog import build_catalog
+    from glassfinder.camera import GALLERY_CAMERA
+
+    from glassfinder.renderer import FaceCropCache
+
+    catalog = build_catalog()
+    train_faces, val_faces = _faces(cfg.real_faces_dir)
+    half = len(val_faces) // 2
+    train_cams, query_cams = _cameras()
+    val_groups = group_skus(catalog.by_split("val"))
+    return EmbedderData(
+        train=RenderedCropSource(group_skus(catalog.by_split("train")), train_faces, train_cams, cfg.real_face_share),
+        val_enroll=RenderedCropSource(val_groups, FaceCropCache(val_faces[:half]), (GALLERY_CAMERA,)),
+        val_query=RenderedCropSource(val_groups, FaceCropCache(val_faces[half:]), query_cams),
+    )
+
+
+def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: float = 0.5) -> Any:
+    from glassfinder.gate_data import MixedGateSource
+    from glassfinder.renderer import render_crop_batch
+
+    eyeglasses = [s for s in skus if not s.is_sunglasses]
+    sunglasses = [s for s in skus if s.is_sunglasses]
+    pick_faces = face_picker(faces.face_ids, real_share)
+
+    def render(items: list[Any], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+        if not items:
+            return np.zeros((0, *faces.crops.shape[1:]), np.uint8)
+        return _camera(render_crop_batch(items, faces, rng, face_index=pick_faces(len(items), rng)), cameras, rng)
+
+    def glasses(n: int, sun: bool, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+        pool = sunglasses if sun else eyeglasses
+        return render([pool[int(i)] for i in rng.integers(len(pool), size=n)], rng)
+
+    def bare(n: int, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+        return render([None] * n, rng)
+
+    return MixedGateSource(glasses, bare)
+
+
+def default_gate_data(cfg: TrainConfig) -> GateData:
+    """Positives: TRAIN split glasses on TRAIN faces (val: VAL split on VAL faces); negatives: bare
+    faces of the same face split, textures and objects (glassfinder.gate_data)."""
+    from glassfinder.catalog import build_catalog
+
+    from glassfinder.renderer import FaceCropCache
+
+    catalog = build_catalog()
+    train_faces, val_faces = _faces(cfg.real_faces_dir)
+    train_cams, _ = _cameras()
+    return GateData(train=_gate_source(catalog.by_split("train"), train_faces, train_cams, cfg.real_face_share),
+                    val=_gate_source(catalog.by_split("val"), FaceCropCache(val_faces), train_cams))
+
+
+def gate_val_source() -> Any:
+    """The gate's synthetic validation source alone (VAL split glasses on VAL faces + negatives)."""
+    from glassfinder.catalog import build_catalog
+    from glassfinder.renderer import FaceCropCache
+
+    return _gate_source(build_catalog().by_split("val"), FaceCropCache(_val_faces()), _cameras()[0])
+
+
+def config_with(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy with some fields changed (CLI overrides)."""
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})

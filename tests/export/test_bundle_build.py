@@ -1,0 +1,52 @@
+"""Bundle assembly decisions that need no conversion (the full build runs in scripts/make_tiny_bundle.py
+and is exercised through the committed tests/fixtures/tiny_bundle)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from glassfinder_export.bundle import SHIP_PREFERENCE, choose_shipped
+from glassfinder_export.bundle_parity import export_thresholds
+from glassfinder_export.parity import ParityThresholds
+from glassfinder_export.targets import Target
+from glassfinder_runtime.errors import BundleError
+
+TINY = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "tiny_bundle"
+GOOD = {"landmark_error_median_pct_iod": 0.4, "landmark_error_p99_pct_iod": 1.5}
+BAD = {"landmark_error_median_pct_iod": 1.8, "landmark_error_p99_pct_iod": 12.0}
+
+
+def test_full_integer_ships_when_its_parity_passes():
+    measured = {Target.TFLITE_INT8.value: GOOD, Target.TFLITE_DYNAMIC_INT8.value: GOOD}
+    assert choose_shipped("aligner", measured, ParityThresholds()) is Target.TFLITE_INT8
+
+
+def test_dynamic_range_int8_is_the_fallback():
+    measured = {Target.TFLITE_INT8.value: BAD, Target.TFLITE_DYNAMIC_INT8.value: GOOD}
+    assert choose_shipped("aligner", measured, ParityThresholds()) is Target.TFLITE_DYNAMIC_INT8
+
+
+def test_when_nothing_passes_the_first_preference_is_kept_so_the_verdict_fails():
+    measured = {Target.TFLITE_INT8.value: BAD, Target.TFLITE_DYNAMIC_INT8.value: BAD}
+    assert choose_shipped("aligner", measured, ParityThresholds()) is SHIP_PREFERENCE[0]
+
+
+def test_a_missing_required_metric_never_passes():
+    measured = {Target.TFLITE_INT8.value: {}, Target.TFLITE_DYNAMIC_INT8.value: GOOD}
+    assert choose_shipped("aligner", measured, ParityThresholds()) is Target.TFLITE_DYNAMIC_INT8
+
+
+def test_parity_thresholds_are_read_back_from_the_bundle(tmp_path):
+    recorded = json.loads((TINY / "parity.json").read_text())["thresholds"]
+    assert export_thresholds(TINY).cosine_median == pytest.approx(recorded["cosine_median"])
+    (tmp_path / "parity.json").write_text("{}")
+    with pytest.raises(BundleError, match="parity thresholds"):
+        export_thresholds(tmp_path)
+
+
+def test_the_tiny_fixture_records_what_it_shipped():
+    report = json.loads((TINY / "parity.json").read_text())
+    assert report["passed"] is True
+    assert set(report["shipped"]) == {"detector", "aligner", "gate", "embedder"}
+    assert all(v in (t.value for t in SHIP_PREFERENCE) for v in report["shipped"].values())
+    assert "end_to_end" in report["models"]
