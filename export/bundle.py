@@ -44,8 +44,10 @@ from glassfinder_runtime.pipeline import REFUSAL_MESSAGE
 
 ROLES = ("detector", "aligner", "gate", "embedder")
 # What the phone runs, in order of preference: full-integer int8 where its parity passes, else
-# dynamic-range int8 (int8 weights, float activations). The choice and both measurements are recorded.
-SHIP_PREFERENCE = (Target.TFLITE_INT8, Target.TFLITE_DYNAMIC_INT8)
+# dynamic-range int8 (int8 weights, float activations), else float16 weights (what MediaPipe ships
+# for these face models). The choice and every measurement are recorded in parity.json.
+SHIP_PREFERENCE = (Target.TFLITE_INT8, Target.TFLITE_DYNAMIC_INT8, Target.TFLITE_FP16)
+SHIPPED_SUFFIX = {Target.TFLITE_INT8: "int8", Target.TFLITE_DYNAMIC_INT8: "dynamic_int8", Target.TFLITE_FP16: "fp16"}
 REFERENCE = (Target.TFLITE_FP32, Target.ONNX)  # float references for benchmarks, not in the manifest
 
 
@@ -57,9 +59,11 @@ class BundleConfig:
     n_gallery: int = 3200  # gallery-split SKUs enrolled (3,200 = the whole reference gallery)
     renders_per_sku: int = 8  # K enrollment renders per SKU on gallery faces, averaged
     gallery_faces: int = 256  # procedural gallery faces used for enrollment
-    spec: str = "PQ16x8,IP"  # PQ spec, metric explicit
+    # PQ spec, metric explicit. OPQ's learned rotation costs nothing at 16 bytes per SKU and kept
+    # 0.35 top-1 vs 0.31 for plain PQ16x8 (exact: 0.45) on 800 query crops of the 3,200 gallery SKUs.
+    spec: str = "OPQ16,PQ16x8,IP"
     coreml: bool = True  # also write Core ML packages (int8 weights) for the iOS stub
-    n_parity_queries: int = 200  # query scenes for the end-to-end parity (float pipeline vs bundle)
+    n_parity_queries: int = 600  # query scenes for the end-to-end parity (float pipeline vs bundle)
     # PQ codebooks are trained on renders of TRAIN-split SKUs: the 3,200 gallery vectors alone are
     # too few for 256 centroids per sub-space, and new SKUs must encode well without retraining.
     pq_train_vectors: int = 8192
@@ -99,7 +103,7 @@ def choose_shipped(role: str, measured: dict[str, Any], thresholds: P.ParityThre
     """The first target of SHIP_PREFERENCE whose parity passes (the first one if none does: the
     verdict then fails, naming it)."""
     for t in SHIP_PREFERENCE:
-        if P.check_parity({role: {t.value: measured[t.value]}}, thresholds)["passed"]:
+        if t.value in measured and P.check_parity({role: {t.value: measured[t.value]}}, thresholds)["passed"]:
             return t
     return SHIP_PREFERENCE[0]
 
@@ -165,8 +169,15 @@ def _write_thumbnails(skus, out: Path, seed: int, progress: bool) -> None:
 
 def end_to_end_parity(stage: Path, models: BundleModels, skus, xb_float: npt.NDArray[np.float32],
                       cfg: BundleConfig, progress: bool) -> dict[str, float]:
-    """Float torch pipeline + exact search vs the staged bundle (int8 TFLite + PQ) on query scenes:
-    top-1 agreement and top-10 overlap of the final rankings, and each one's top-1 accuracy."""
+    """The torch float pipeline + exact search vs the staged bundle (its TFLite models + PQ gallery)
+    on the same query scenes (gallery SKUs on QUERY faces, query camera).
+
+    Gated: top-1 retention (bundle top-1 / float top-1, a collapse guard), size-insensitive because
+    the sizes of one frame are visually identical and their order is arbitrary on both sides.
+    Reported: the top-1 drop in points (the DESIGN target is within 1.0 point), strict top-1 of each
+    side, and top-1 agreement / top-10 overlap of the two rankings at frame (group) level."""
+    from tqdm import tqdm
+
     from glassfinder.evaluation import FloatPipeline, exact_topk, query_scenes, ranked, run_queries
     from glassfinder_runtime.pipeline import GlassFinder, SearchOptions
 
@@ -178,16 +189,20 @@ def end_to_end_parity(stage: Path, models: BundleModels, skus, xb_float: npt.NDA
     ref_I = ranked(run_queries(float_pipe, images, progress, "parity: float"), lambda xq, kk: exact_topk(xb_float, xq, kk), k)
     test_I = np.full((len(images), k), -1, np.int64)
     with GlassFinder.create_from_bundle(stage, SearchOptions(top_k=k)) as finder:
-        from tqdm import tqdm
-
         for i, im in enumerate(tqdm(images, desc="parity: bundle", unit="img", disable=not progress)):
             res = finder.search(im)
             test_I[i, :len(res.results)] = [h.index for h in res.results]
-    both = (ref_I[:, 0] >= 0) | (test_I[:, 0] >= 0)  # queries that either pipeline accepted
-    out = P.retrieval_metrics(ref_I[both], test_I[both], k) if both.any() else {"top1_agreement": 0.0, "top10_overlap": 0.0}
-    out.update(top1_float=float(np.mean(ref_I[:, 0] == rows)), top1_bundle=float(np.mean(test_I[:, 0] == rows)),
-               queries=float(len(images)))
-    return out
+    groups = np.unique([s.group_id for s in skus], return_inverse=True)[1]
+    as_groups = lambda I: np.where(I >= 0, groups[np.clip(I, 0, None)], -1)  # noqa: E731
+    ref_G, test_G, true_G = as_groups(ref_I), as_groups(test_I), groups[rows]
+    top1 = {"float": float(np.mean(ref_G[:, 0] == true_G)), "bundle": float(np.mean(test_G[:, 0] == true_G))}
+    rank = P.retrieval_metrics(ref_G, test_G, k)
+    return {"top1_retention": top1["bundle"] / max(top1["float"], 1e-9),
+            "top1_drop_points": 100 * (top1["float"] - top1["bundle"]),
+            "top1_size_insensitive_float": top1["float"], "top1_size_insensitive_bundle": top1["bundle"],
+            "top1_float": float(np.mean(ref_I[:, 0] == rows)), "top1_bundle": float(np.mean(test_I[:, 0] == rows)),
+            "top1_agreement_groups": rank["top1_agreement"], "top10_overlap_groups": rank["top10_overlap"],
+            "queries": float(len(images))}
 
 
 def build_bundle(out: str | Path, models: BundleModels | None = None, cfg: BundleConfig = BundleConfig(),
@@ -218,7 +233,7 @@ def build_bundle(out: str | Path, models: BundleModels | None = None, cfg: Bundl
     module = {"detector": models.detector, "aligner": models.aligner, "gate": models.gate, "embedder": models.embedder}
     det_spec = models.detector.cfg.runtime_spec()
     fns = metrics_fns(det_spec, models.gate_threshold)
-    targets = [*SHIP_PREFERENCE, *REFERENCE] + ([Target.COREML_INT8W] if cfg.coreml else [])
+    targets = list(dict.fromkeys([*SHIP_PREFERENCE, *REFERENCE])) + ([Target.COREML_INT8W] if cfg.coreml else [])
     exported: dict[str, dict[Target, ExportResult]] = {}
     measured: dict[str, dict[str, Any]] = {}
     calib_sets = []
@@ -244,7 +259,7 @@ def build_bundle(out: str | Path, models: BundleModels | None = None, cfg: Bundl
     entries = []
     for role in ROLES:
         r = exported[role][shipped[role]]
-        file = f"models/{role}_{'int8' if shipped[role] is Target.TFLITE_INT8 else 'dynamic_int8'}.tflite"
+        file = f"models/{role}_{SHIPPED_SUFFIX[shipped[role]]}.tflite"
         shutil.move(r.path, stage / file)
         exported[role][shipped[role]] = dataclasses.replace(r, path=stage / file)
         entries.append(_model_entry(exported[role][shipped[role]], file))
@@ -308,8 +323,8 @@ def build_bundle(out: str | Path, models: BundleModels | None = None, cfg: Bundl
     shutil.rmtree(out, ignore_errors=True)
     stage.rename(out)
     sizes = {e.file: _size(out / e.file) for e in entries}
-    shipped = sum(v for k, v in sizes.items() if k.endswith(".tflite")) + _size(out / "gallery.gfpq")
-    summary = {"bundle": str(out), "bytes_int8_models_and_gallery": shipped, "files": sizes,
+    phone_bytes = sum(v for k, v in sizes.items() if k.endswith(".tflite")) + _size(out / "gallery.gfpq")
+    summary = {"bundle": str(out), "bytes_models_and_gallery": phone_bytes, "shipped": report["shipped"], "files": sizes,
                "gallery": {"n": gallery.n, "spec": str(spec), "bytes": _size(out / "gallery.gfpq")},
                "parity_passed": report["passed"], "timings_s": {k: round(v, 1) for k, v in timings.items()},
                "seconds": round(time.perf_counter() - t_start, 1)}

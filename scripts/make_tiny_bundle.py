@@ -29,7 +29,7 @@ TINY_GATE_THRESHOLD = 0.05
 TINY_THRESHOLDS = ParityThresholds(cosine_median=0.9, cosine_p1=0.7, gate_agreement=0.7, detection_agreement=0.8, box_iou_median=0.6,
                                    box_iou_p1=0.2, keypoint_error_median=0.15, keypoint_error_p99=0.5,
                                    landmark_error_median_pct_iod=3.0, landmark_error_p99_pct_iod=20.0,
-                                   top1_agreement=0.2, top10_overlap=0.5)
+                                   top1_retention=0.2)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ def run_demo(args) -> int:
 
         print(f"No bundle at {args.bundle}: building the default one from the committed weights (first run only).")
         summary = build_bundle(args.bundle)
-        print(f"bundle: {summary['bundle']} ({summary['bytes_int8_models_and_gallery'] / 1e6:.2f} MB int8 models + "
+        print(f"bundle: {summary['bundle']} ({summary['bytes_models_and_gallery'] / 1e6:.2f} MB TFLite models + "
               f"gallery, built in {summary['seconds']:.0f} s)")
     images = args.images or sorted(SAMPLES.glob("*.jpg"))
     sheet = args.out / "search_sheet.png"

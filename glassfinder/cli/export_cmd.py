@@ -79,7 +79,7 @@ def run_bundle(args: argparse.Namespace) -> int:
         print(f"{size / 1e3:10.1f} kB  {file}")
     print(f"{summary['gallery']['bytes'] / 1e3:10.1f} kB  gallery.gfpq ({summary['gallery']['n']} SKUs, "
           f"{summary['gallery']['spec']})")
-    print(f"int8 models + gallery: {summary['bytes_int8_models_and_gallery'] / 1e6:.2f} MB; parity passed; "
+    print(f"TFLite models + gallery: {summary['bytes_models_and_gallery'] / 1e6:.2f} MB; parity passed; "
           f"built in {summary['seconds']:.0f} s. See {args.out / 'parity.md'}.")
     return 0
 

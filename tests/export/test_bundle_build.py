@@ -31,6 +31,11 @@ def test_when_nothing_passes_the_first_preference_is_kept_so_the_verdict_fails()
     assert choose_shipped("aligner", measured, ParityThresholds()) is SHIP_PREFERENCE[0]
 
 
+def test_float16_weights_are_the_last_resort():
+    measured = {Target.TFLITE_INT8.value: BAD, Target.TFLITE_DYNAMIC_INT8.value: BAD, Target.TFLITE_FP16.value: GOOD}
+    assert choose_shipped("aligner", measured, ParityThresholds()) is Target.TFLITE_FP16
+
+
 def test_a_missing_required_metric_never_passes():
     measured = {Target.TFLITE_INT8.value: {}, Target.TFLITE_DYNAMIC_INT8.value: GOOD}
     assert choose_shipped("aligner", measured, ParityThresholds()) is Target.TFLITE_DYNAMIC_INT8

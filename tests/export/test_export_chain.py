@@ -250,6 +250,9 @@ def test_parity_report_files(exports, tmp_path):
     # and the int8 embeddings of the same images (each should still find itself first)
     ranks = lambda q: np.argsort(-(q @ ref.T), axis=1)[:, :10]  # noqa: E731
     e2e = parity.retrieval_metrics(ranks(ref), ranks(outputs["tflite_int8"][0]))
+    itself = np.arange(len(ref))
+    e2e["top1_retention"] = (np.mean(ranks(outputs["tflite_int8"][0])[:, 0] == itself)
+                             / np.mean(ranks(ref)[:, 0] == itself))
     report = check_parity({"embedder": measured, "end_to_end": {"tflite_int8": e2e}})
     cos = {t: parity.cosine_similarity(ref, outputs[t][0]) for t in ("tflite_int8", "onnx_int8_nncf", "coreml_w8a8")}
     paths = parity.write_parity(report, tmp_path, cos)
