@@ -1,7 +1,8 @@
 """Build the on-device bundle from the committed weights: `glassfinder export --out DIR`.
 
     bundle/
-      models/<role>_int8.tflite     four full-integer models (what the phone runs)
+      models/<role>_<q>.tflite      the four models the phone runs: for each, the first of full-integer
+                                    int8 / dynamic-range int8 / fp16 whose parity passes (q says which)
       models/<role>.mlpackage       Core ML (int8 weights) for iOS, when coreml=True
       gallery.gfpq                  PQ-compressed gallery (runtime/gallery.py format)
       skus.json                     SKU metadata, indexed by gallery id
@@ -9,6 +10,7 @@
       golden/golden.txt             golden vectors for the Kotlin and Swift stubs
       reference/                    float TFLite + ONNX of each model (benchmarks, not shipped)
       parity.json, parity.md        float vs quantized, per model and end to end
+      parity/<role>.npz             parity images + float outputs, for `glassfinder parity` on any machine
       manifest.json                 written LAST: an interrupted export leaves no manifest
 
 Everything is written into DIR.partial first and renamed at the end, and nothing is renamed when a
@@ -229,7 +231,7 @@ def build_bundle(out: str | Path, models: BundleModels | None = None, cfg: Bundl
     (stage / "models").mkdir(parents=True)
     timings: dict[str, float] = {}
 
-    # 1. Models: export, measure parity per model, keep the int8 TFLite (+ Core ML) in the bundle.
+    # 1. Models: export, measure parity per model, ship the preferred TFLite that passes (+ Core ML).
     module = {"detector": models.detector, "aligner": models.aligner, "gate": models.gate, "embedder": models.embedder}
     det_spec = models.detector.cfg.runtime_spec()
     fns = metrics_fns(det_spec, models.gate_threshold)
@@ -269,7 +271,7 @@ def build_bundle(out: str | Path, models: BundleModels | None = None, cfg: Bundl
             shutil.move(c.path, stage / file)
             entries.append(_model_entry(dataclasses.replace(c, path=stage / file), file))
 
-    # 2. Gallery: K renders per SKU on gallery faces, embedded by the shipped int8 embedder (as the
+    # 2. Gallery: K renders per SKU on gallery faces, embedded by the shipped embedder (as the
     # phone enrolls new SKUs), averaged, PQ-encoded. The float gallery is kept for the parity check.
     t0 = time.perf_counter()
     catalog = build_catalog(CatalogConfig(seed=cfg.catalog_seed))
