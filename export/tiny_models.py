@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -115,11 +116,10 @@ def tiny_detector(seed: int = 1) -> TinyDetector:
     return TinyDetector(TinyDetectorConfig(seed=seed))
 
 
-def synthetic_images(n: int, height: int, width: int, seed: int = 0) -> "np.ndarray":
+def synthetic_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """(n, H, W, 3) uint8 structured test images (smooth colour gradients plus a few ellipses and bars),
     deterministic from the seed. Stand-ins for rendered crops in tests: uniform noise would give every
     image nearly the same activations and hide quantization problems."""
-    import numpy as np
     from PIL import Image, ImageDraw, ImageFilter
 
     rng = np.random.default_rng(seed)

@@ -202,8 +202,8 @@ def test_init_weights_starts_from_a_trained_model(tmp_path):
 
     trained, _ = load_embedder(first.weights)
     seen = []
-    res = train_embedder(_cfg(tmp_path / "b", steps=1, eval_every=100, lr=1e-12, init_weights=str(first.weights)),
-                         _data(), TINY, on_step=lambda s, m: seen.append({k: v.clone() for k, v in m.model.state_dict().items()}))
+    train_embedder(_cfg(tmp_path / "b", steps=1, eval_every=100, lr=1e-12, init_weights=str(first.weights)),
+                   _data(), TINY, on_step=lambda s, m: seen.append({k: v.clone() for k, v in m.model.state_dict().items()}))
     ref = trained.state_dict()
     # One step at a negligible learning rate: the weights are the loaded ones (BN statistics move a little).
     assert all(torch.allclose(seen[0][k].float(), ref[k].float(), atol=1e-6) for k in ref if "running" not in k
