@@ -17,18 +17,14 @@ import numpy as np
 
 from glassfinder_runtime.errors import BundleError
 from glassfinder_runtime.manifest import ModelRole
-from glassfinder_runtime.pipeline import GlassFinder, ModelFn, SearchOptions
+from glassfinder_runtime.pipeline import GlassFinder, ModelFn, SearchOptions, preprocess
 
 STAGES = ("detect", "align", "crop", "gate", "embed", "search", "total")
 
 
-def _contract(entry) -> tuple[np.ndarray, np.ndarray]:
-    i = entry.input
-    return np.asarray(i.mean, np.float32), np.asarray(i.std, np.float32)
-
-
-def _normalised(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return ((pixels.astype(np.float32) / 255.0 - mean) / std)[None]
+def _nchw(x: np.ndarray) -> np.ndarray:
+    """The runtime's (1, H, W, C) model input as the (1, C, H, W) the ONNX and torch references take."""
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def litert_float_runners(bundle_dir: Path, bundle) -> dict[ModelRole, ModelFn]:
@@ -45,10 +41,10 @@ def litert_float_runners(bundle_dir: Path, bundle) -> dict[ModelRole, ModelFn]:
         names = [o.name for o in bundle.model(role).outputs]
         outs = {d["name"]: d["index"] for d in interp.get_output_details()}
         order = [outs[n] for n in names] if all(n in outs for n in names) else list(outs.values())
-        mean, std = _contract(bundle.model(role))
+        spec = bundle.model(role).input  # the float references share the shipped model's input contract
 
-        def run(pixels, interp=interp, inp=inp, order=order, mean=mean, std=std):
-            interp.set_tensor(inp["index"], _normalised(pixels, mean, std))
+        def run(pixels, interp=interp, inp=inp, order=order, spec=spec):
+            interp.set_tensor(inp["index"], preprocess(pixels, spec))
             interp.invoke()
             return [interp.get_tensor(i) for i in order]
 
@@ -68,8 +64,8 @@ def onnx_runners(bundle_dir: Path, bundle) -> dict[ModelRole, ModelFn]:
             raise BundleError(f"{path}: missing ONNX reference model (rebuild the bundle with `glassfinder export`)")
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
-        mean, std = _contract(bundle.model(role))
-        runners[role] = lambda px, s=sess, n=name, m=mean, sd=std: s.run(None, {n: _normalised(px, m, sd).transpose(0, 3, 1, 2)})
+        spec = bundle.model(role).input
+        runners[role] = lambda px, s=sess, n=name, spec=spec: s.run(None, {n: _nchw(preprocess(px, spec))})
     return runners
 
 
@@ -84,11 +80,11 @@ def torch_runners(bundle) -> dict[ModelRole, ModelFn]:
                ModelRole.EMBEDDER: m.embedder.export_module()}
     runners = {}
     for role, module in modules.items():
-        mean, std = _contract(bundle.model(role))
+        spec = bundle.model(role).input
 
         @torch.no_grad()
-        def run(px, module=module, mean=mean, std=std):
-            out = module(torch.from_numpy(np.ascontiguousarray(_normalised(px, mean, std).transpose(0, 3, 1, 2))))
+        def run(px, module=module, spec=spec):
+            out = module(torch.from_numpy(_nchw(preprocess(px, spec))))
             return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
         runners[role] = run
