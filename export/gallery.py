@@ -1,4 +1,5 @@
-"""Training side of the PQ gallery: k-means codebooks (optionally OPQ), build, one-shot add.
+"""Training side of the PQ gallery: k-means codebooks (optionally OPQ), SQ8 refine scales,
+build, one-shot add.
 
 numpy only (faiss is a benchmark anchor, never a dependency of the gallery). The file format,
 encoding and search are in `glassfinder_runtime.gallery`, the same code the phone mirrors.
@@ -13,7 +14,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from glassfinder_runtime.errors import GalleryError
-from glassfinder_runtime.gallery import Gallery, PQSpec, check_vectors, decode, encode
+from glassfinder_runtime.gallery import (DEFAULT_SHORTLIST, Gallery, PQSpec, check_vectors, decode,
+                                         encode, sq8_encode, sq8_scales)
 
 # faiss's default: at most 256 training points per centroid (more only costs time).
 MAX_POINTS_PER_CENTROID = 256
@@ -127,22 +129,48 @@ def _train_pq(xb: npt.ArrayLike, spec: PQSpec, seed: int, niter: int, progress: 
 
 def build_gallery(xb: npt.ArrayLike, ids: npt.ArrayLike | None, spec: PQSpec, seed: int = 0,
                   niter: int = 25, train_vectors: npt.ArrayLike | None = None,
-                  progress: bool = False) -> Gallery:
+                  progress: bool = False, shortlist: int = DEFAULT_SHORTLIST) -> Gallery:
     """Train codebooks (on `train_vectors`, default xb) and encode xb (n, d).
 
-    ids: (n,) non-negative unique int64 SKU indices, default 0..n-1.
+    ids: (n,) non-negative unique int64 SKU indices, default 0..n-1. With a refine spec the SQ8
+    scales come from xb itself (the build vectors) and `shortlist` ADC rows are re-ranked.
     """
     trained = train_pq(xb if train_vectors is None else train_vectors, spec, seed, niter, progress)
     d = trained.codebooks.shape[0] * trained.codebooks.shape[2]
-    empty = Gallery(spec=spec, d=d, codebooks=trained.codebooks, codes=np.zeros((0, spec.M), np.uint8),
-                    ids=np.zeros(0, np.int64), rotation=trained.rotation)
+    empty = Gallery(spec=spec.without_refine(), d=d, codebooks=trained.codebooks,
+                    codes=np.zeros((0, spec.M), np.uint8), ids=np.zeros(0, np.int64),
+                    rotation=trained.rotation)
+    if spec.refine is not None:
+        empty = with_refine(empty, np.zeros((0, d), np.float32), spec.refine, shortlist,
+                            scales=sq8_scales(check_vectors(xb, d, f"vectors (codebooks d={d})")))
     return add_to_gallery(empty, xb, ids)
+
+
+def with_refine(gallery: Gallery, xb: npt.ArrayLike, kind: str = "SQ8",
+                shortlist: int = DEFAULT_SHORTLIST,
+                scales: npt.NDArray[np.float32] | None = None) -> Gallery:
+    """The same PQ gallery plus a refine stage: (n, d) xb are the gallery's vectors, row by row.
+
+    Codebooks and PQ codes are kept, so this isolates what the refine adds (the benchmark
+    compares both on the same codes). scales: (d,) SQ8 scales, default computed from xb.
+    """
+    xb = check_vectors(xb, gallery.d, f"refine vectors (gallery d={gallery.d})")
+    if xb.shape[0] != gallery.n:
+        raise GalleryError(f"refine needs one vector per gallery row: {xb.shape[0]} vectors for "
+                           f"{gallery.n} rows")
+    spec = PQSpec(M=gallery.spec.M, nbits=gallery.spec.nbits, metric=gallery.spec.metric,
+                  opq=gallery.spec.opq, refine=kind)
+    scales = sq8_scales(xb) if scales is None else np.asarray(scales, dtype=np.float32)
+    return Gallery(spec=spec, d=gallery.d, codebooks=gallery.codebooks, codes=gallery.codes,
+                   ids=gallery.ids, rotation=gallery.rotation, refine_scales=scales,
+                   refine_codes=sq8_encode(scales, xb), shortlist=shortlist)
 
 
 def add_to_gallery(gallery: Gallery, x_new: npt.ArrayLike, ids_new: npt.ArrayLike | None) -> Gallery:
     """One-shot enrollment: encode (n_new, d) vectors with the existing codebooks and append.
 
-    Earlier codes are untouched; nothing is retrained. ids_new: (n_new,) int64, default
+    Earlier codes are untouched; nothing is retrained. With refine, the SQ8 codes use the
+    existing scales (values beyond the build range clip to +-127). ids_new: (n_new,) int64, default
     continuing after the largest existing id. Duplicate ids (among the new ones or with the
     gallery) and a wrong dimension raise GalleryError.
     """
@@ -162,6 +190,11 @@ def add_to_gallery(gallery: Gallery, x_new: npt.ArrayLike, ids_new: npt.ArrayLik
                            f"one-shot add only appends new SKUs")
     with threadpool_limits(limits=1, user_api="blas"):  # thin matmuls, see train_pq
         codes = encode(gallery.codebooks, x_new, gallery.rotation)
+    refine_codes = None
+    if gallery.spec.refine is not None:
+        refine_codes = np.concatenate([gallery.refine_codes, sq8_encode(gallery.refine_scales, x_new)])
     return Gallery(spec=gallery.spec, d=gallery.d, codebooks=gallery.codebooks,
                    codes=np.concatenate([gallery.codes, codes]),
-                   ids=np.concatenate([gallery.ids, ids_arr]), rotation=gallery.rotation)
+                   ids=np.concatenate([gallery.ids, ids_arr]), rotation=gallery.rotation,
+                   refine_scales=gallery.refine_scales, refine_codes=refine_codes,
+                   shortlist=gallery.shortlist)

@@ -5,6 +5,10 @@ speed on one thread at 3,200 and at `n_1m` (1M by default) vectors. faiss is imp
 only, as a speed and correctness anchor: its IndexPQ gets OUR codebooks, so both search the
 same codes of the same data in the same run.
 
+Every number is measured twice on the same codebooks and codes: PQ alone (the spec without
+its refine suffix; keys without prefix) and PQ + Refine(SQ8), the ADC shortlist re-ranked with
+int8 codes of the same vectors (keys prefixed `refine_`).
+
 Without real embeddings (`vectors`), the data is synthetic: L2-normalised 128-d vectors in
 clusters of `items_per_centre` SKUs ("models" whose colourways/sizes look alike), and queries
 that are noisy copies of known gallery items (a photo is not the render it was enrolled from).
@@ -21,17 +25,18 @@ import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from glassfinder_export.gallery import add_to_gallery, build_gallery
+from glassfinder_export.gallery import add_to_gallery, build_gallery, with_refine
 from glassfinder_runtime.errors import GalleryError
-from glassfinder_runtime.gallery import (Gallery, Metric, exact_search, gallery_to_bytes, parse_spec,
-                                         pq_search)
+from glassfinder_runtime.gallery import (DEFAULT_SHORTLIST, Gallery, Metric, exact_search, gallery_to_bytes,
+                                         parse_spec, pq_search)
 
 
 @dataclass(frozen=True)
 class GalleryBenchConfig:
     """What `glassfinder gallery bench` measures, and on which data."""
 
-    spec: str = "PQ16x8,IP"  # the PQ under test
+    spec: str = "PQ16x8,IP"  # the PQ under test (a ",Refine(...)" suffix picks the refine kind)
+    shortlist: int = DEFAULT_SHORTLIST  # ADC rows re-ranked by the refine stage
     d: int = 128  # embedding dimension (synthetic data)
     n_ref: int = 3200  # reference gallery size: recall, top-1, search_ms_3200
     n_1m: int = 1_000_000  # large gallery: search_ms_1m, faiss_search_ms_1m, recall_at_10_1m
@@ -126,7 +131,8 @@ def run_gallery_bench(cfg: GalleryBenchConfig, vectors: npt.NDArray[np.float32] 
     """
     import faiss  # benchmark anchor only
 
-    spec = parse_spec(cfg.spec)
+    full_spec = parse_spec(cfg.spec)
+    spec, refine_kind = full_spec.without_refine(), full_spec.refine or "SQ8"
     rng = np.random.default_rng(cfg.seed)
     if vectors is not None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -134,7 +140,7 @@ def run_gallery_bench(cfg: GalleryBenchConfig, vectors: npt.NDArray[np.float32] 
             raise GalleryError(f"benchmark vectors must be (n >= {spec.ksub}, d), got {vectors.shape}")
     d = cfg.d if vectors is None else vectors.shape[1]
     spec.dsub(d)
-    steps = tqdm(total=6, desc="gallery bench", unit="step", disable=not progress)
+    steps = tqdm(total=7, desc="gallery bench", unit="step", disable=not progress)
 
     # Reference size: accuracy and the phone-sized search time. The rows after n_ref are
     # enrolled one-shot afterwards (codebooks never saw them) and measured on their own.
@@ -148,12 +154,18 @@ def run_gallery_bench(cfg: GalleryBenchConfig, vectors: npt.NDArray[np.float32] 
     gallery_ref = build_gallery(xb_ref, None, spec, seed=cfg.seed, niter=cfg.niter,
                                 train_vectors=train_vectors)
     xq_ref, truth_ref = noisy_queries(xb_ref, cfg.n_queries, cfg.query_noise, rng)
+    refine_ref = with_refine(gallery_ref, xb_ref, refine_kind, cfg.shortlist)
     acc_ref = _accuracy(gallery_ref, xb_ref, xq_ref, truth_ref, cfg.k)
-    acc_added = None
+    acc_ref_r = _accuracy(refine_ref, xb_ref, xq_ref, truth_ref, cfg.k)
+    acc_added = acc_added_r = None
     if xb_all.shape[0] > xb_ref.shape[0]:
-        gallery_plus = add_to_gallery(gallery_ref, xb_all[xb_ref.shape[0]:], None)
-        xq_add, truth_add = noisy_queries(xb_all[xb_ref.shape[0]:], cfg.n_queries, cfg.query_noise, rng)
-        acc_added = _accuracy(gallery_plus, xb_all, xq_add, truth_add + xb_ref.shape[0], cfg.k)
+        x_added = xb_all[xb_ref.shape[0]:]
+        xq_add, truth_add = noisy_queries(x_added, cfg.n_queries, cfg.query_noise, rng)
+        acc_added = _accuracy(add_to_gallery(gallery_ref, x_added, None), xb_all, xq_add,
+                              truth_add + xb_ref.shape[0], cfg.k)
+        # Added SKUs are SQ8-encoded with the build's scales (no rebuild), as on the phone.
+        acc_added_r = _accuracy(add_to_gallery(refine_ref, x_added, None), xb_all, xq_add,
+                                truth_add + xb_ref.shape[0], cfg.k)
     steps.update()
 
     # Large gallery: train on a sample, encode all, same queries for numpy and faiss.
@@ -163,6 +175,9 @@ def run_gallery_bench(cfg: GalleryBenchConfig, vectors: npt.NDArray[np.float32] 
     steps.update()
     xq_big, truth_big = noisy_queries(xb_big, max(cfg.n_queries_1m, cfg.n_timing), cfg.query_noise, rng)
     acc_big = _accuracy(gallery_big, xb_big, xq_big[:cfg.n_queries_1m], truth_big[:cfg.n_queries_1m], cfg.k)
+    steps.update()
+    refine_big = with_refine(gallery_big, xb_big, refine_kind, cfg.shortlist)
+    acc_big_r = _accuracy(refine_big, xb_big, xq_big[:cfg.n_queries_1m], truth_big[:cfg.n_queries_1m], cfg.k)
     steps.update()
 
     index = faiss.IndexPQ(d, spec.M, spec.nbits,
@@ -182,6 +197,8 @@ def run_gallery_bench(cfg: GalleryBenchConfig, vectors: npt.NDArray[np.float32] 
     with threadpool_limits(limits=1):
         ms_ref = _median_ms(lambda q: pq_search(gallery_ref, q, cfg.k), xq_time_ref)
         ms_big = _median_ms(lambda q: pq_search(gallery_big, q, cfg.k), xq_time_big)
+        ms_ref_r = _median_ms(lambda q: pq_search(refine_ref, q, cfg.k), xq_time_ref)
+        ms_big_r = _median_ms(lambda q: pq_search(refine_big, q, cfg.k), xq_time_big)
         ms_faiss = _median_ms(lambda q: index.search(q, cfg.k), xq_faiss)
         ms_exact = _median_ms(lambda q: exact_search(xb_big, q, cfg.k, spec.metric), xq_time_big[:10])
     load_average = os.getloadavg()[0]
@@ -189,6 +206,7 @@ def run_gallery_bench(cfg: GalleryBenchConfig, vectors: npt.NDArray[np.float32] 
     _, I_faiss = index.search(xq_faiss, cfg.k)
     steps.update()
     steps.close()
+    refine_bytes = refine_ref.spec.bytes_per_vector(d)
 
     return {
         "recall_at_10": acc_ref["recall"],
@@ -227,5 +245,25 @@ def run_gallery_bench(cfg: GalleryBenchConfig, vectors: npt.NDArray[np.float32] 
         "threads": 1,
         "data": "synthetic" if vectors is None else "vectors (reference gallery); synthetic (large)",
         "codebooks_trained_on": trained_on,
+        # The same data, codebooks and codes with the refine stage (faiss's IndexRefine).
+        "refine_spec": str(refine_ref.spec),
+        "shortlist": cfg.shortlist,
+        "refine_recall_at_10": acc_ref_r["recall"],
+        "refine_top1_delta": acc_ref_r["top1_pq"] - acc_ref_r["top1_exact"],
+        "refine_bytes_per_sku": refine_bytes,
+        "refine_compression_ratio": 4 * d / refine_bytes,
+        "refine_search_ms_3200": ms_ref_r[0],
+        "refine_search_ms_1m": ms_big_r[0],
+        "refine_intersection_at_10": acc_ref_r["intersection"],
+        "refine_top1": acc_ref_r["top1_pq"],
+        "refine_recall_at_10_added": None if acc_added_r is None else acc_added_r["recall"],
+        "refine_top1_delta_added": (None if acc_added_r is None
+                                    else acc_added_r["top1_pq"] - acc_added_r["top1_exact"]),
+        "refine_recall_at_10_1m": acc_big_r["recall"],
+        "refine_intersection_at_10_1m": acc_big_r["intersection"],
+        "refine_top1_delta_1m": acc_big_r["top1_pq"] - acc_big_r["top1_exact"],
+        "refine_search_cpu_ms_3200": ms_ref_r[1],
+        "refine_search_cpu_ms_1m": ms_big_r[1],
+        "refine_file_bytes_per_sku_3200": len(gallery_to_bytes(refine_ref)) / refine_ref.n,
         "config": asdict(cfg),
     }

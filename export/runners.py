@@ -8,6 +8,7 @@ CoreML files cannot be run on Linux (MLModel.predict is macOS only); coreml_expo
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -131,6 +132,20 @@ def run_exported(result: ExportResult, x01: npt.NDArray[np.float32], runner=None
     if "l2_normalize" in result.postprocess:
         outs = [l2_normalize(o) for o in outs]
     return outs
+
+
+def tflite_latency_ms(result: ExportResult, repeats: int = 30, warmup: int = 3) -> float:
+    """Median ms of one call (quantize, invoke, dequantize) of an exported .tflite on one LiteRT
+    thread, on a zero input (the time of these graphs does not depend on the values)."""
+    runner = TFLiteRunner(result.path, [t.name for t in result.outputs])
+    x = np.zeros(tuple(runner.input["shape"]), np.float32)
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        runner(x)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
 
 
 def run_torch(model, contract: InputContract, x01: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:

@@ -214,10 +214,50 @@ def failure_sheet(images: Sequence[Image.Image], rows: Sequence[int], I: np.ndar
     return sheet
 
 
+class RuntimePipeline:
+    """The bundle's on-device pipeline (glassfinder_runtime: LiteRT models, numpy stages) as a Pipeline."""
+
+    def __init__(self, finder):
+        self.finder = finder  # glassfinder_runtime.pipeline.GlassFinder
+
+    def __call__(self, image: Image.Image) -> QueryOutcome:
+        res = self.finder.search(image)
+        return QueryOutcome(res.status == "ok", res.reason, res.embedding)
+
+    def embed_crops(self, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """(n, H, W, 3) aligned crops -> (n, d) unit vectors from the bundle's embedder."""
+        return np.stack([self.finder.embed_crop(c) for c in crops])
+
+
+def _variant(I: np.ndarray, rows: Sequence[int], skus: Sequence, outcomes: Sequence[QueryOutcome],
+             negatives: Sequence[QueryOutcome]) -> dict:
+    """One pipeline + search: the retrieval report, gate rates and refusals."""
+    report = retrieval_report(*_labels(I, rows, skus))
+    report.update(
+        gate_tpr=float(np.mean([o.accepted for o in outcomes])),
+        gate_fpr=float(np.mean([o.accepted for o in negatives])) if negatives else 0.0,
+        refused_no_face=sum(o.reason == "no_face" for o in outcomes),
+        refused_no_glasses=sum(o.reason == "no_glasses" for o in outcomes))
+    return report
+
+
+def _check_bundle_skus(finder, skus: Sequence) -> None:
+    """The bundle's gallery must hold exactly the benchmark's SKUs, in order (same catalog seed, n)."""
+    from glassfinder_runtime.errors import ConfigError
+
+    ids = [s["sku"] for s in finder.skus]
+    if ids != [s.sku_id for s in skus]:
+        raise ConfigError(f"{finder.bundle.root}: its gallery holds {len(ids)} SKUs that are not the benchmark's "
+                          f"{len(skus)} gallery SKUs (build the bundle with the same catalog seed and --n-gallery)")
+
+
 def evaluate(cfg: EvalConfig = EvalConfig(), pipeline: FloatPipeline | None = None,
-             progress: bool = True, sheet: str | None = None) -> dict:
-    """The float benchmark: torch models, exact cosine search. Returns the JSON-ready report;
-    `sheet`: also write a picture of failed queries with their top-5."""
+             progress: bool = True, sheet: str | None = None, bundle: str | None = None) -> dict:
+    """The benchmark: torch float models with exact cosine search (the top-level numbers). With
+    `bundle`, the same photos also go through the bundle's on-device pipeline, reported under
+    "variants" with exact search (over a gallery enrolled by the bundle's embedder) and with the
+    bundle's own gallery file, and "top1_drop_points" (float minus bundle, in points).
+    Returns the JSON-ready report; `sheet`: also write a picture of failed float queries."""
     from glassfinder.catalog import CatalogConfig, build_catalog
     from glassfinder.models.embedder import embed_images
 
@@ -225,25 +265,51 @@ def evaluate(cfg: EvalConfig = EvalConfig(), pipeline: FloatPipeline | None = No
     pipeline = pipeline or FloatPipeline()
     catalog = build_catalog(CatalogConfig(seed=cfg.catalog_seed))
     skus = catalog.by_split("gallery")[: cfg.n_gallery]
+    finder = None
+    if bundle is not None:
+        from glassfinder_runtime.pipeline import GlassFinder, SearchOptions
+
+        finder = GlassFinder.create_from_bundle(bundle, SearchOptions(top_k=cfg.top_k))
+        _check_bundle_skus(finder, skus)
     xb = enroll_gallery(skus, lambda crops: embed_images(pipeline.embedder, crops), cfg, progress)
     queries = query_scenes(skus, cfg.n_queries, cfg.seed)
-    outcomes = run_queries(pipeline, [im for im, _ in queries], progress)
-    negatives = run_queries(pipeline, negative_images(cfg.n_negatives, cfg.seed), progress, "negatives")
-    rows = [r for _, r in queries]
+    images, rows = [im for im, _ in queries], [r for _, r in queries]
+    neg_images = negative_images(cfg.n_negatives, cfg.seed)
+    outcomes = run_queries(pipeline, images, progress)
+    negatives = run_queries(pipeline, neg_images, progress, "negatives")
     I = ranked(outcomes, lambda xq, k: exact_topk(xb, xq, k), cfg.top_k)
-    report = retrieval_report(*_labels(I, rows, skus))
+    report = _variant(I, rows, skus, outcomes, negatives)
     if sheet:
-        failure_sheet([im for im, _ in queries], rows, I, skus).save(sheet)
+        failure_sheet(images, rows, I, skus).save(sheet)
     report.update(
-        gate_tpr=float(np.mean([o.accepted for o in outcomes])),
-        gate_fpr=float(np.mean([o.accepted for o in negatives])) if negatives else 0.0,
         gallery_skus=len(skus), queries=len(outcomes), negatives=len(negatives),
-        refused_no_face=sum(o.reason == "no_face" for o in outcomes),
-        refused_no_glasses=sum(o.reason == "no_glasses" for o in outcomes),
         pipeline="torch float, exact cosine search",
         splits={"gallery_skus": "catalog split 'gallery' (models disjoint from train and val)",
                 "gallery_faces": "face split 'gallery'", "query_faces": "face split 'query'",
                 "negatives": "face split 'query' (bare) + procedural non-face images"},
-        config=asdict(cfg), seconds=round(time.perf_counter() - t0, 1),
-    )
+        config=asdict(cfg))
+    if finder is not None:
+        from glassfinder_runtime.gallery import pq_search
+
+        with finder:
+            rt = RuntimePipeline(finder)
+            xb_rt = enroll_gallery(skus, rt.embed_crops, cfg, progress)
+            rt_outcomes = run_queries(rt, images, progress, "queries: bundle")
+            rt_negatives = run_queries(rt, neg_images, progress, "negatives: bundle")
+            variants = {"torch_float+exact": {k: v for k, v in report.items() if k in _VARIANT_KEYS}}
+            for name, search in (("bundle_models+exact", lambda xq, k: exact_topk(xb_rt, xq, k)),
+                                 ("bundle_models+bundle_gallery", lambda xq, k: pq_search(finder.gallery, xq, k)[1])):
+                variants[name] = _variant(ranked(rt_outcomes, search, cfg.top_k), rows, skus, rt_outcomes, rt_negatives)
+        shipped = variants["bundle_models+bundle_gallery"]
+        report.update(
+            bundle=str(bundle), gallery_spec=str(finder.gallery.spec), variants=variants,
+            top1_drop_points=round(100 * (report["top1"] - shipped["top1"]), 2),
+            top1_size_insensitive_drop_points=round(
+                100 * (report["top1_size_insensitive"] - shipped["top1_size_insensitive"]), 2))
+    report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
+
+
+_VARIANT_KEYS = ("top1", "top5", "top10", "top1_size_insensitive", "top5_size_insensitive", "top10_size_insensitive",
+                 "map_at_r", "map_at_r_size_insensitive", "gate_tpr", "gate_fpr", "refused_no_face",
+                 "refused_no_glasses")

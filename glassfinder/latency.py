@@ -1,7 +1,8 @@
 """`glassfinder bench latency`: per-stage and end-to-end latency of one query, on ONE thread.
 
 The same pipeline code (glassfinder_runtime.pipeline.GlassFinder) runs with four kinds of model
-runners, in one process and one run, so the ratios are fair on a noisy machine:
+runners, in one process and one run, taking turns (ROUND repeats each), so the ratios are fair on a
+noisy machine:
 LiteRT int8 (the bundle), LiteRT float32 and onnxruntime float32 (bundle/reference/), and torch
 float eager (the committed weights). Medians over repeated searches of the same photos.
 """
@@ -91,15 +92,23 @@ def torch_runners(bundle) -> dict[ModelRole, ModelFn]:
     return runners
 
 
-def _median_stages(finder: GlassFinder, images: list, repeats: int) -> dict[str, float]:
-    per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
-    finder.search(images[0])  # warm-up: first invoke allocates
-    for _ in range(repeats):
-        for im in images:
-            t = finder.search(im).timings_ms
-            for s in STAGES:
-                per_stage[s].append(t.get(s, 0.0))
-    return {s: float(np.median(v)) for s, v in per_stage.items()}
+ROUND = 5  # repeats a variant runs before the next takes its turn (keeps its models warm in the caches)
+
+
+def _median_stages(finders: dict[str, GlassFinder], images: list, repeats: int) -> dict[str, dict[str, float]]:
+    """Median ms per stage for each variant. The variants take turns, ROUND repeats at a time, so a
+    burst of load on a shared machine hits them all alike (one variant after the other skews the ratios)."""
+    per_stage = {v: {s: [] for s in STAGES} for v in finders}
+    for finder in finders.values():
+        finder.search(images[0])  # warm-up: first invoke allocates
+    for start in range(0, repeats, ROUND):
+        for v, finder in finders.items():
+            for _ in range(min(ROUND, repeats - start)):
+                for im in images:
+                    t = finder.search(im).timings_ms
+                    for s in STAGES:
+                        per_stage[v][s].append(t.get(s, 0.0))
+    return {v: {s: float(np.median(x)) for s, x in stages.items()} for v, stages in per_stage.items()}
 
 
 def bench_latency(bundle_dir: Path, images: list, repeats: int = 20,
@@ -113,10 +122,9 @@ def bench_latency(bundle_dir: Path, images: list, repeats: int = 20,
         "onnx_float": lambda: onnx_runners(bundle_dir, base.bundle),
         "torch_float": lambda: torch_runners(base.bundle),
     }
-    stages = {}
-    for v in variants:
-        finder = base if v == "int8" else GlassFinder(base.bundle, SearchOptions(num_threads=1), runners=makers[v]())
-        stages[v] = _median_stages(finder, images, repeats)
+    finders = {v: base if v == "int8" else GlassFinder(base.bundle, SearchOptions(num_threads=1), runners=makers[v]())
+               for v in variants}
+    stages = _median_stages(finders, images, repeats)
     report = {f"e2e_ms_{v}": stages[v]["total"] for v in variants}
     report["stages"] = stages
     if "torch_float" in stages:

@@ -16,6 +16,7 @@ letterbox matrix (conventions of `geometry`: continuous pixels, 2x3 matrices).
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -152,17 +153,57 @@ def letterbox(image: Image.Image, size: int) -> tuple[npt.NDArray[np.uint8], npt
     s = size / max(w, h)
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
     ox, oy = (size - nw) // 2, (size - nh) // 2
-    canvas = Image.new("RGB", (size, size))
-    canvas.paste(image.resize((nw, nh), Image.Resampling.BILINEAR), (ox, oy))
+    resized = np.asarray(image.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.uint8)
     A = np.array([[nw / w, 0.0, ox], [0.0, nh / h, oy]])
-    return np.asarray(canvas, dtype=np.uint8), A
+    if (nw, nh) == (size, size):  # square photo: nothing to pad
+        return resized, A
+    padded = np.zeros((size, size, 3), dtype=np.uint8)
+    padded[oy:oy + nh, ox:ox + nw] = resized
+    return padded, A
+
+
+def _normalize_arithmetic(x: npt.ArrayLike, mean: tuple[float, ...], std: tuple[float, ...]) -> npt.NDArray[np.float32]:
+    """The definition of `normalize`, evaluated per element: (x / 255 - mean) / std in float32."""
+    m = np.asarray(mean, dtype=np.float32)
+    s = np.asarray(std, dtype=np.float32)
+    return (np.asarray(x).astype(np.float32) / 255.0 - m) / s
+
+
+@functools.lru_cache(maxsize=32)
+def normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> npt.NDArray[np.float32]:
+    """(channels, 256) float32, read-only: `normalize` of every uint8 value of every channel.
+
+    The normalisation is elementwise and per channel, so looking pixels up in this table gives the
+    same float32 bits as the arithmetic (four full passes over the image) in one gather."""
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, len(mean)))
+    table = np.ascontiguousarray(_normalize_arithmetic(values, mean, std).T)
+    table.flags.writeable = False
+    return table
+
+
+def lookup_pixels(pixels: npt.NDArray[np.uint8], table: np.ndarray, channels_first: bool = False) -> np.ndarray:
+    """(h, w, c) uint8 -> (h, w, c), or (c, h, w) when channels_first, of table[channel, pixel].
+
+    table: (c, 256), any dtype (the output's). One gather when every channel has the same row."""
+    h, w, c = pixels.shape
+    if table.shape != (c, 256):
+        raise ValueError(f"pixels have {c} channels but the table is for {table.shape[0]} (shape {table.shape})")
+    if not channels_first and (table == table[:1]).all():
+        return np.take(table[0], pixels)
+    out = np.empty((c, h, w) if channels_first else (h, w, c), dtype=table.dtype)
+    for ch in range(c):
+        np.take(table[ch], pixels[..., ch], out=out[ch] if channels_first else out[..., ch])
+    return out
 
 
 def normalize(x: npt.NDArray[np.uint8], mean: tuple[float, ...], std: tuple[float, ...]) -> npt.NDArray[np.float32]:
-    """(h, w, 3) uint8 -> (h, w, 3) float32 (x / 255 - mean) / std (NHWC, as LiteRT wants it)."""
-    m = np.asarray(mean, dtype=np.float32)
-    s = np.asarray(std, dtype=np.float32)
-    return (x.astype(np.float32) / 255.0 - m) / s
+    """(h, w, 3) uint8 -> (h, w, 3) float32 (x / 255 - mean) / std (NHWC, as LiteRT wants it).
+
+    uint8 pixels go through `normalize_table` (same bits, one pass); other dtypes are computed."""
+    x = np.asarray(x)
+    if x.dtype != np.uint8 or x.ndim != 3:
+        return _normalize_arithmetic(x, mean, std)
+    return lookup_pixels(x, normalize_table(tuple(map(float, mean)), tuple(map(float, std))))
 
 
 def _calculate_scale(min_scale: float, max_scale: float, i: int, n: int) -> float:
@@ -232,9 +273,14 @@ def decode_boxes(raw_boxes: npt.ArrayLike, raw_scores: npt.ArrayLike, anchors: n
     boxes = np.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], axis=1)
     kp = rb[:, 4:4 + 2 * opts.num_keypoints].reshape(n, opts.num_keypoints, 2)
     kp = kp / opts.scale * an[:, None, 2:4] + an[:, None, 0:2]
+    return Detections(boxes.astype(np.float32), kp.astype(np.float32), decode_scores(rs, opts))
+
+
+def decode_scores(raw_scores: npt.ArrayLike, opts: DecodeOptions = DecodeOptions()) -> npt.NDArray[np.float32]:
+    """(n,) logits -> (n,) float32 scores: sigmoid of the logits clipped to +-score_clipping."""
+    rs = np.asarray(raw_scores, dtype=np.float32).reshape(-1)
     logits = np.clip(rs.astype(np.float64), -opts.score_clipping, opts.score_clipping)  # float64: exp(100)
-    scores = 1.0 / (1.0 + np.exp(-logits))
-    return Detections(boxes.astype(np.float32), kp.astype(np.float32), scores.astype(np.float32))
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
 def iou(box: npt.ArrayLike, boxes: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -261,6 +307,7 @@ def weighted_nms(det: Detections, min_score: float, iou_threshold: float,
     while order.size:
         best = order[0]
         overlap = iou(det.boxes[best], det.boxes[order]) > iou_threshold
+        overlap[0] = True  # the best box is in its own group even when degenerate (zero area: IoU 0)
         group, order = order[overlap], order[~overlap]
         if algorithm is NmsAlgorithm.WEIGHTED:
             w = det.scores[group].astype(np.float64)
@@ -338,8 +385,14 @@ class DetectorSpec:
 def postprocess(raw_boxes: npt.ArrayLike, raw_scores: npt.ArrayLike, letterbox_matrix: npt.ArrayLike,
                 spec: DetectorSpec = DetectorSpec(), anchors: npt.ArrayLike | None = None) -> Detections:
     """decode_boxes -> weighted_nms -> project, for one image. raw_boxes (896, 16) or (1, 896, 16)."""
-    an = generate_anchors(spec.anchors) if anchors is None else anchors
+    an = np.asarray(generate_anchors(spec.anchors) if anchors is None else anchors, dtype=np.float32)
     rb = np.asarray(raw_boxes, dtype=np.float32).reshape(-1, spec.decode.num_coords)
-    det = decode_boxes(rb, np.asarray(raw_scores).reshape(-1), an, spec.decode)
+    rs = np.asarray(raw_scores, dtype=np.float32).reshape(-1)
+    if rb.shape[0] != rs.shape[0] or an.shape[0] != rs.shape[0]:
+        raise ValueError(f"postprocess: {rb.shape[0]} boxes, {rs.shape[0]} scores and {an.shape[0]} anchors differ")
+    # Only the anchors that weighted_nms would keep are decoded (about 10 of 896): decoding is per
+    # anchor and the kept ones stay in anchor order, so the detections are the same.
+    keep = np.flatnonzero(decode_scores(rs, spec.decode) >= spec.decode.min_score)
+    det = decode_boxes(rb[keep], rs[keep], an[keep], spec.decode)
     det = weighted_nms(det, spec.decode.min_score, spec.decode.nms_iou, spec.decode.nms_algorithm)
     return project(det, letterbox_matrix, spec.input_size)

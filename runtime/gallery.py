@@ -5,9 +5,11 @@ pure numpy, no torch, no faiss. Training the codebooks lives in `glassfinder_exp
 
 - `PQSpec` / `parse_spec("PQ16x8,IP")`: M sub-quantizers of `nbits` bits, metric explicit
   (faiss's "PQ16" leaves it out). Optional "OPQ16," prefix: a learned d x d rotation first.
+  Optional ",Refine(SQ8)" suffix: an int8 code per dimension re-ranks the PQ shortlist.
 - `read_gallery` / `write_gallery`: the `.gfpq` format, byte by byte in docs/gallery_format.md.
 - `pq_search(gallery, xq, k) -> (D, I)`: ADC with lookup tables, faiss's numpy contract
-  (`D (nq, k)` float32, `I (nq, k)` int64, -1 where fewer than k results).
+  (`D (nq, k)` float32, `I (nq, k)` int64, -1 where fewer than k results). With refine, the
+  ADC top `shortlist` rows are re-scored with their SQ8 codes (faiss's IndexRefine).
 - `exact_search` is the float reference; `encode` is one-shot enrollment with existing codebooks.
 
 Ids are non-negative int64 SKU indices; the SKU id strings live in the bundle metadata, mapped
@@ -31,15 +33,26 @@ import numpy.typing as npt
 from glassfinder_runtime.errors import GalleryError
 
 FORMAT_MAGIC = b"GFPQ"
-# Version this writer writes, and the highest `min_reader_version` this reader understands.
-FORMAT_VERSION = 1
-READER_VERSION = 1
+# Highest version this writer writes, and the highest `min_reader_version` this reader
+# understands. A file without refine is written as version 1 (byte-identical to what version-1
+# writers wrote, so version-1 phone readers keep reading it); refine needs version 2.
+FORMAT_VERSION = 2
+READER_VERSION = 2
+_PLAIN_VERSION = 1
 HEADER_SIZE = 64
-# magic, version, min_reader_version, header_size, d, M, nbits, metric, flags, n; 24 reserved bytes.
-_HEADER = struct.Struct("<4sHHIIIIIIQ24x")
+# magic, version, min_reader_version, header_size, d, M, nbits, metric, flags, n, shortlist
+# (0 without refine; reserved bytes in version 1); 20 reserved bytes.
+_HEADER = struct.Struct("<4sHHIIIIIIQI20x")
 FLAG_OPQ = 1  # a (d, d) float32 rotation follows the codebooks
-_KNOWN_FLAGS = FLAG_OPQ
+FLAG_REFINE_SQ8 = 2  # (d,) float32 scales and (n, d) int8 codes follow the ids
+_KNOWN_FLAGS = FLAG_OPQ | FLAG_REFINE_SQ8
 MIN_NBITS, MAX_NBITS = 4, 8  # codes are one byte per sub-quantizer (not bit-packed)
+# Refine codes known to this reader: "SQ8" = symmetric per-dimension int8 (scale_j * code_ij).
+REFINE_KINDS = ("SQ8",)
+SQ8_MAX = 127  # codes are -127..127: symmetric, so -128 is never written
+# Rows of the PQ (ADC) ranking re-scored with the refine codes, by default. 64 of 3,200 keeps
+# the refine cost at 64 * d multiply-adds per query; raised to k when k is larger, cut to n.
+DEFAULT_SHORTLIST = 64
 
 # Galleries at least this large are searched one query at a time with pair lookup tables
 # (two sub-codes -> one 16-bit index into a ksub*ksub table): half the gathers, which is what
@@ -60,7 +73,7 @@ class Metric(enum.Enum):
     L2 = 1  # squared Euclidean distance, lower is better
 
 
-_SPEC_RE = re.compile(r"^(?:OPQ(\d+),)?PQ(\d+)x(\d+),([A-Z0-9]+)$")
+_SPEC_RE = re.compile(r"^(?:OPQ(\d+),)?PQ(\d+)x(\d+),([A-Z0-9]+)(?:,Refine\(([^()]*)\))?$")
 
 
 @dataclass(frozen=True)
@@ -71,10 +84,14 @@ class PQSpec:
     nbits: int  # bits per sub-code, 4..8 (ksub = 2**nbits centroids per sub-space)
     metric: Metric  # explicit: IP for L2-normalised embeddings
     opq: bool = False  # a learned orthogonal d x d rotation is applied before the PQ
+    refine: str | None = None  # "SQ8": the PQ shortlist is re-ranked with per-dimension int8 codes
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, Metric):
             raise GalleryError(f"PQ spec metric must be a Metric, got {self.metric!r}")
+        if self.refine is not None and self.refine not in REFINE_KINDS:
+            raise GalleryError(f"PQ spec refine kind {self.refine!r} is not supported: use "
+                               f"{', '.join(f'Refine({k})' for k in REFINE_KINDS)} or no refine")
         if self.M < 1:
             raise GalleryError(f"PQ spec needs M >= 1 sub-quantizers, got M={self.M}")
         if not MIN_NBITS <= self.nbits <= MAX_NBITS:
@@ -89,8 +106,20 @@ class PQSpec:
 
     @property
     def code_size(self) -> int:
-        """Bytes per encoded vector (one byte per sub-code)."""
+        """Bytes of the PQ code of one vector (one byte per sub-code; the manifest's code_size)."""
         return self.M
+
+    def refine_code_size(self, d: int) -> int:
+        """Bytes of the refine code of one d-dimensional vector (SQ8: one byte per dimension)."""
+        return d if self.refine == "SQ8" else 0
+
+    def bytes_per_vector(self, d: int) -> int:
+        """All code bytes of one vector: the PQ code plus the refine code."""
+        return self.code_size + self.refine_code_size(d)
+
+    def without_refine(self) -> PQSpec:
+        """The same PQ without the refine stage."""
+        return PQSpec(M=self.M, nbits=self.nbits, metric=self.metric, opq=self.opq)
 
     def dsub(self, d: int) -> int:
         """Sub-vector length for vectors of dimension d (M must divide d)."""
@@ -100,22 +129,27 @@ class PQSpec:
 
     def __str__(self) -> str:
         prefix = f"OPQ{self.M}," if self.opq else ""
-        return f"{prefix}PQ{self.M}x{self.nbits},{self.metric.name}"
+        suffix = f",Refine({self.refine})" if self.refine else ""
+        return f"{prefix}PQ{self.M}x{self.nbits},{self.metric.name}{suffix}"
 
 
 def parse_spec(text: str) -> PQSpec:
-    """Parse "PQ16x8,IP" / "OPQ16,PQ16x8,L2" into a PQSpec; `str(parse_spec(s)) == s`."""
+    """Parse "PQ16x8,IP" / "OPQ16,PQ16x8,L2,Refine(SQ8)" into a PQSpec; `str(parse_spec(s)) == s`."""
     match = _SPEC_RE.match(text.strip())
     if match is None:
         raise GalleryError(
-            f"PQ spec {text!r} is invalid: write it as PQ<M>x<nbits>,<metric> with the metric "
-            f"explicit, e.g. 'PQ16x8,IP' or 'OPQ16,PQ16x8,L2'")
-    opq_m, m, nbits, metric = match.groups()
+            f"PQ spec {text!r} is invalid: write it as [OPQ<M>,]PQ<M>x<nbits>,<metric>[,Refine(SQ8)] "
+            f"with the metric explicit, e.g. 'PQ16x8,IP' or 'OPQ16,PQ16x8,IP,Refine(SQ8)'")
+    opq_m, m, nbits, metric, refine = match.groups()
+    if refine is not None and refine not in REFINE_KINDS:
+        raise GalleryError(f"PQ spec {text!r}: unknown refine kind {refine!r}, supported: "
+                           f"{', '.join(f'Refine({k})' for k in REFINE_KINDS)}")
     if metric not in Metric.__members__:
         raise GalleryError(f"PQ spec {text!r}: unknown metric {metric!r}, use IP or L2")
     if opq_m is not None and int(opq_m) != int(m):
         raise GalleryError(f"PQ spec {text!r}: OPQ{opq_m} must match the PQ's M={m}")
-    return PQSpec(M=int(m), nbits=int(nbits), metric=Metric[metric], opq=opq_m is not None)
+    return PQSpec(M=int(m), nbits=int(nbits), metric=Metric[metric], opq=opq_m is not None,
+                  refine=refine)
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,6 +158,9 @@ class Gallery:
 
     codebooks: (M, ksub, dsub) float32; codes: (n, M) uint8; ids: (n,) int64, unique, >= 0;
     rotation: (d, d) float32 or None (OPQ: vectors are rotated as `x @ rotation.T` first).
+    Refine (spec.refine == "SQ8"): refine_scales (d,) float32 > 0 and refine_codes (n, d) int8
+    in the ORIGINAL (unrotated) space, x_ij ~ scale_j * code_ij; `shortlist` ADC rows are
+    re-scored per query. Without refine both are None.
     Treat the arrays as immutable: search caches a transposed copy of the codes.
     """
 
@@ -133,9 +170,14 @@ class Gallery:
     codes: npt.NDArray[np.uint8]
     ids: npt.NDArray[np.int64]
     rotation: npt.NDArray[np.float32] | None = None
+    refine_scales: npt.NDArray[np.float32] | None = None
+    refine_codes: npt.NDArray[np.int8] | None = None
+    shortlist: int = DEFAULT_SHORTLIST
 
     def __post_init__(self) -> None:
         _check_arrays(self.spec, self.d, self.codebooks, self.codes, self.ids, self.rotation)
+        _check_refine(self.spec, self.d, self.codes.shape[0], self.refine_scales, self.refine_codes,
+                      self.shortlist)
 
     @property
     def n(self) -> int:
@@ -195,12 +237,40 @@ def _check_arrays(spec: PQSpec, d: int, codebooks: np.ndarray, codes: np.ndarray
                                f"({dup.size} duplicated)")
 
 
+def _check_refine(spec: PQSpec, d: int, n: int, scales: np.ndarray | None, codes: np.ndarray | None,
+                  shortlist: int) -> None:
+    """Raise GalleryError if the refine arrays do not match `spec` (present iff spec.refine)."""
+    if spec.refine is None:
+        if scales is not None or codes is not None:
+            raise GalleryError(f"spec {spec} has no refine stage, but refine scales/codes are present")
+        return
+    if scales is None or codes is None:
+        raise GalleryError(f"spec {spec} needs refine scales and codes, but they are missing")
+    if scales.shape != (d,) or scales.dtype != np.float32:
+        raise GalleryError(f"refine scales must be float32 of shape {(d,)}, got "
+                           f"{scales.dtype.name} {scales.shape}")
+    if codes.shape != (n, d) or codes.dtype != np.int8:
+        raise GalleryError(f"refine codes must be int8 of shape {(n, d)}, got "
+                           f"{codes.dtype.name} {codes.shape}")
+    if not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise GalleryError("refine scales must be finite and > 0")
+    if codes.size and int(codes.min()) < -SQ8_MAX:
+        raise GalleryError(f"refine codes out of range: SQ8 codes are -{SQ8_MAX}..{SQ8_MAX}, "
+                           f"got {int(codes.min())}")
+    if isinstance(shortlist, bool) or not isinstance(shortlist, (int, np.integer)) or shortlist < 1:
+        raise GalleryError(f"refine shortlist must be an integer >= 1, got {shortlist!r}")
+
+
 # ---------------------------------------------------------------------------------------------
 # File format (docs/gallery_format.md)
 
 
+def _flags(spec: PQSpec) -> int:
+    return (FLAG_OPQ if spec.opq else 0) | (FLAG_REFINE_SQ8 if spec.refine == "SQ8" else 0)
+
+
 def _layout(d: int, spec: PQSpec, n: int, header_size: int = HEADER_SIZE) -> list[tuple[str, int, int]]:
-    """Sections of a v1 file as (name, offset, size) in file order, checksum last."""
+    """Sections of a file as (name, offset, size) in file order, checksum last."""
     sizes = [("codebooks", spec.M * spec.ksub * spec.dsub(d) * 4),
              ("rotation", d * d * 4 if spec.opq else 0),
              ("codes", n * spec.M)]
@@ -210,17 +280,26 @@ def _layout(d: int, spec: PQSpec, n: int, header_size: int = HEADER_SIZE) -> lis
         offset += size
     pad = -offset % 8  # ids are 8-byte aligned so that the file can be memory-mapped
     out.append(("padding", offset, pad))
-    out.append(("ids", offset + pad, n * 8))
-    out.append(("checksum", offset + pad + n * 8, 4))
+    offset += pad
+    # Version 2: the refine section after the ids (scales stay 4-byte aligned: ids end at 8k).
+    for name, size in (("ids", n * 8), ("refine_scales", d * 4 if spec.refine else 0),
+                       ("refine_codes", n * spec.refine_code_size(d)), ("checksum", 4)):
+        out.append((name, offset, size))
+        offset += size
     return out
 
 
 def gallery_to_bytes(gallery: Gallery) -> bytes:
-    """The `.gfpq` v1 encoding of `gallery` (deterministic: same gallery, same bytes)."""
+    """The `.gfpq` encoding of `gallery` (deterministic: same gallery, same bytes).
+
+    Without refine the bytes are exactly those of a version-1 writer (version 1, readable by
+    version-1 readers); with refine the file is version 2.
+    """
     spec = gallery.spec
-    header = _HEADER.pack(FORMAT_MAGIC, FORMAT_VERSION, READER_VERSION, HEADER_SIZE, gallery.d,
-                          spec.M, spec.nbits, spec.metric.value, FLAG_OPQ if spec.opq else 0,
-                          gallery.n)
+    version = FORMAT_VERSION if spec.refine else _PLAIN_VERSION
+    header = _HEADER.pack(FORMAT_MAGIC, version, version, HEADER_SIZE, gallery.d,
+                          spec.M, spec.nbits, spec.metric.value, _flags(spec), gallery.n,
+                          gallery.shortlist if spec.refine else 0)
     parts = [header, gallery.codebooks.astype("<f4").tobytes()]
     if gallery.rotation is not None:
         parts.append(gallery.rotation.astype("<f4").tobytes())
@@ -228,6 +307,9 @@ def gallery_to_bytes(gallery: Gallery) -> bytes:
     pad = dict((name, size) for name, _, size in _layout(gallery.d, spec, gallery.n))["padding"]
     parts.append(b"\0" * pad)
     parts.append(gallery.ids.astype("<i8").tobytes())
+    if spec.refine:
+        parts.append(gallery.refine_scales.astype("<f4").tobytes())
+        parts.append(np.ascontiguousarray(gallery.refine_codes).tobytes())
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -263,7 +345,8 @@ def gallery_from_bytes(data: bytes) -> Gallery:
     if len(data) < HEADER_SIZE:
         raise GalleryError(f"truncated header: file is {len(data)} bytes, the header alone is "
                            f"{HEADER_SIZE}")
-    _, version, min_reader, header_size, d, M, nbits, metric, flags, n = _HEADER.unpack_from(data)
+    (_, version, min_reader, header_size, d, M, nbits, metric, flags, n,
+     shortlist) = _HEADER.unpack_from(data)
     if min_reader > READER_VERSION:
         raise GalleryError(f"unsupported version: file version {version} needs a reader of "
                            f"version >= {min_reader}, this reader is version {READER_VERSION}")
@@ -275,7 +358,11 @@ def gallery_from_bytes(data: bytes) -> Gallery:
         raise GalleryError(f"unknown header flags 0x{flags:x} (this reader knows 0x{_KNOWN_FLAGS:x})")
     if metric not in {m.value for m in Metric}:
         raise GalleryError(f"unknown metric code {metric} in the header (0 = IP, 1 = L2)")
-    spec = PQSpec(M=M, nbits=nbits, metric=Metric(metric), opq=bool(flags & FLAG_OPQ))
+    refine = "SQ8" if flags & FLAG_REFINE_SQ8 else None
+    if refine is not None and shortlist < 1:
+        raise GalleryError(f"refine shortlist {shortlist} in the header is invalid: it must be >= 1")
+    spec = PQSpec(M=M, nbits=nbits, metric=Metric(metric), opq=bool(flags & FLAG_OPQ),
+                  refine=refine)
     spec.dsub(d)
     layout = _layout(d, spec, n, header_size)
     expected_size = layout[-1][1] + layout[-1][2]
@@ -307,6 +394,10 @@ def gallery_from_bytes(data: bytes) -> Gallery:
         codes=section("codes", "|u1", (n, M)),
         ids=section("ids", "<i8", (n,)),
         rotation=section("rotation", "<f4", (d, d)) if spec.opq else None,
+        refine_scales=section("refine_scales", "<f4", (d,)) if refine else None,
+        refine_codes=section("refine_codes", "|i1", (n, d)) if refine else None,
+        # Version-1 files may carry anything in this (then reserved) field: only read with refine.
+        shortlist=shortlist if refine else DEFAULT_SHORTLIST,
     )
 
 
@@ -315,15 +406,23 @@ def inspect_gallery(path: str | os.PathLike) -> dict:
     path = Path(path)
     gallery = read_gallery(path)
     data = path.read_bytes()
-    n, spec = gallery.n, gallery.spec
+    n, spec, d = gallery.n, gallery.spec, gallery.d
+    per_vector = spec.bytes_per_vector(d)
+    header_size = struct.unpack_from("<I", data, 8)[0]
     return {
-        "path": str(path), "spec": str(spec), "metric": spec.metric.name, "d": gallery.d, "n": n,
-        "M": spec.M, "nbits": spec.nbits, "opq": spec.opq, "format_version": FORMAT_VERSION,
-        "code_size": spec.code_size, "file_bytes": len(data),
-        # Per SKU: the code alone (what grows with the gallery), and the whole file amortised.
-        "bytes_per_sku": spec.code_size,
+        "path": str(path), "spec": str(spec), "metric": spec.metric.name, "d": d, "n": n,
+        "M": spec.M, "nbits": spec.nbits, "opq": spec.opq, "refine": spec.refine,
+        "shortlist": gallery.shortlist if spec.refine else None,
+        "format_version": struct.unpack_from("<H", data, 4)[0],
+        "code_size": spec.code_size, "refine_code_size": spec.refine_code_size(d),
+        "file_bytes": len(data),
+        "section_bytes": {"header": header_size,
+                          **{name: size for name, _, size in _layout(d, spec, n, header_size)}},
+        # Per SKU: the codes alone (what grows with the gallery: PQ + refine), and the whole
+        # file amortised.
+        "bytes_per_sku": per_vector,
         "file_bytes_per_sku": len(data) / n if n else float("nan"),
-        "compression_ratio": 4 * gallery.d / spec.code_size,
+        "compression_ratio": 4 * d / per_vector,
         "crc32": f"{struct.unpack_from('<I', data, len(data) - 4)[0]:08x}",
         "sha256": hashlib.sha256(data).hexdigest(),
     }
@@ -374,6 +473,37 @@ def decode(codebooks: npt.NDArray[np.float32], codes: npt.NDArray[np.uint8],
     M = codebooks.shape[0]
     x = np.concatenate([codebooks[m][codes[:, m]] for m in range(M)], axis=1)
     return x @ rotation if rotation is not None else x
+
+
+def sq8_scales(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """(d,) float32 SQ8 scales of (n, d) build vectors: max_i |x_ij| / 127 per dimension.
+
+    Symmetric (no offset), in the original (unrotated) space. A dimension that is zero in every
+    build vector gets the scale of a unit range (1 / 127), right for unit-norm embeddings.
+    """
+    shape = np.shape(x)
+    if len(shape) != 2 or shape[0] < 1:
+        raise GalleryError(f"SQ8 scales need a non-empty (n, d) array of vectors, got shape {shape}")
+    x = check_vectors(x, shape[1], "vectors for the SQ8 scales")
+    max_abs = np.abs(x).max(axis=0)
+    return np.where(max_abs > 0, max_abs, np.float32(1.0)).astype(np.float32) / np.float32(SQ8_MAX)
+
+
+def sq8_encode(scales: npt.NDArray[np.float32], x: npt.ArrayLike) -> npt.NDArray[np.int8]:
+    """(n, d) int8 SQ8 codes: clip(round(x / scale), -127, 127), rounding half to even.
+
+    x / scale is a float32 division and the rounding is numpy's (ties to even): the phone code
+    does the same (Kotlin Math.rint, Swift .toNearestOrEven). Values beyond the build range
+    (SKUs added later) clip to +-127.
+    """
+    scales = np.asarray(scales, dtype=np.float32)
+    x = check_vectors(x, scales.shape[0], "vectors to SQ8-encode")
+    return np.clip(np.round(x / scales), -SQ8_MAX, SQ8_MAX).astype(np.int8)
+
+
+def sq8_decode(scales: npt.NDArray[np.float32], codes: npt.NDArray[np.int8]) -> npt.NDArray[np.float32]:
+    """(n, d) float32 reconstructions scale_j * code_ij of (n, d) SQ8 codes."""
+    return codes.astype(np.float32) * scales
 
 
 def _lookup_tables(gallery: Gallery, xq: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -457,6 +587,33 @@ def _finish(scores: npt.NDArray[np.float32], k: int, metric: Metric,
     return D, I
 
 
+def _refined(gallery: Gallery, scores: npt.NDArray[np.float32], q: npt.NDArray[np.float32],
+             k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k,) distances and ids of one query after re-ranking its ADC shortlist with the SQ8 codes.
+
+    scores: (n,) ADC scores (higher is better); q: (d,) the UNROTATED query. The shortlist is the
+    top max(k, shortlist) rows (at most n) by the ADC tie rule, taken in gallery order, so that
+    ties of the refined scores also go to the lower gallery position.
+    """
+    r = min(scores.shape[0], max(k, gallery.shortlist))
+    rows = np.sort(_top_k(scores, r))
+    x_hat = sq8_decode(gallery.refine_scales, gallery.refine_codes[rows])  # (r, d)
+    if gallery.spec.metric is Metric.IP:
+        refined = np.einsum("rj,j->r", x_hat, q)
+    else:
+        diff = x_hat - q
+        refined = -np.einsum("rj,rj->r", diff, diff)  # higher is better, as in the ADC tables
+    return _finish(refined, k, gallery.spec.metric, gallery.ids[rows])
+
+
+def _rank(gallery: Gallery, scores: npt.NDArray[np.float32], q: npt.NDArray[np.float32],
+          k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k results of one query from its (n,) ADC scores (re-ranked if the spec refines)."""
+    if gallery.spec.refine is None:
+        return _finish(scores, k, gallery.spec.metric, gallery.ids)
+    return _refined(gallery, scores, q, k)
+
+
 def _check_k(k: int) -> int:
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise GalleryError(f"k must be a positive integer, got {k!r}")
@@ -471,9 +628,13 @@ def pq_search(gallery: Gallery, xq: npt.ArrayLike, k: int
     ids. IP: D is the inner product with the reconstructed vector, sorted descending. L2: D is
     the squared distance, ascending. When k > n, the tail is padded with I = -1 and
     D = -inf (IP) / +inf (L2). Ties are broken by position in the gallery.
+    With refine (spec "...,Refine(SQ8)"): the top max(k, shortlist) ADC rows are re-scored
+    with their SQ8 reconstructions x_hat (IP <q, x_hat>, L2 ||q - x_hat||^2) and D, I are the
+    best k of those; without refine the result is the ADC ranking itself.
     """
     k = _check_k(k)
     xq = check_vectors(xq, gallery.d, "query vectors")
+    x_orig = xq  # the refine codes live in the unrotated space
     if gallery.rotation is not None:
         xq = xq @ gallery.rotation.T
     nq, metric = xq.shape[0], gallery.spec.metric
@@ -486,13 +647,13 @@ def pq_search(gallery: Gallery, xq: npt.ArrayLike, k: int
     if gallery.n >= PAIR_GATHER_MIN_N and gallery.spec.M >= 2:
         for q in range(nq):
             lut = _lookup_tables(gallery, xq[q:q + 1])[0]
-            D[q], I[q] = _finish(_scores_pairs(gallery, lut), k, metric, gallery.ids)
+            D[q], I[q] = _rank(gallery, _scores_pairs(gallery, lut), x_orig[q], k)
         return D, I
     step = max(1, _MAX_BATCH_SCORES // gallery.n)
     for start in range(0, nq, step):
         scores = _scores_batch(gallery, _lookup_tables(gallery, xq[start:start + step]))
         for row, q in enumerate(range(start, start + len(scores))):
-            D[q], I[q] = _finish(scores[row], k, metric, gallery.ids)
+            D[q], I[q] = _rank(gallery, scores[row], x_orig[q], k)
     return D, I
 
 

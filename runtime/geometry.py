@@ -109,14 +109,36 @@ def crop_matrix(keypoints: npt.ArrayLike, template: CropTemplate = DEFAULT_TEMPL
     return estimate_similarity(keypoints, template.as_array())
 
 
-def warp_affine_prefiltered(image: Image.Image, A: npt.ArrayLike, size: tuple[int, int]) -> Image.Image:
+class ReducedImages:
+    """The box-reduced copies of one image that warp_affine_prefiltered uses, made on first use and
+    kept by factor. One per photo and search: the aligner passes and the glasses crop all warp the
+    same photo, mostly with the same factor, and reducing a whole 12-MP photo costs more than a warp."""
+
+    def __init__(self, image: Image.Image):
+        self.image = image
+        self._by_factor: dict[int, Image.Image] = {1: image}
+
+    def reduced(self, k: int) -> Image.Image:
+        """image.reduce(k) (the image itself for k = 1), computed once."""
+        if k not in self._by_factor:
+            self._by_factor[k] = self.image.reduce(k)
+        return self._by_factor[k]
+
+
+def warp_affine_prefiltered(image: Image.Image, A: npt.ArrayLike, size: tuple[int, int],
+                            reduced: ReducedImages | None = None) -> Image.Image:
     """warp_affine that first box-reduces the source by an integer factor when A shrinks it more
     than 2x, so that bilinear sampling does not alias (a 4000-px photo warped to a 192-px face
-    crop). The reduction is folded into the matrix; for scales >= 0.5 this is warp_affine."""
+    crop). The reduction is folded into the matrix; for scales >= 0.5 this is warp_affine.
+
+    reduced: the reductions of this same image to reuse (ValueError if it holds another image)."""
+    if reduced is not None and reduced.image is not image:
+        raise ValueError("warp_affine_prefiltered: `reduced` holds the reductions of another image")
     A = np.asarray(A, dtype=np.float64)
     scale = float(np.sqrt(abs(np.linalg.det(A[:, :2]))))  # output pixels per source pixel
     k = int(np.floor(1.0 / scale)) if scale > 0 else 1
     if k < 2:
         return warp_affine(image, A, size)
+    source = reduced.reduced(k) if reduced is not None else image.reduce(k)
     # Reduced pixel i averages source pixels [i*k, (i+1)*k): continuous x_reduced = x / k.
-    return warp_affine(image.reduce(k), np.concatenate([A[:, :2] * k, A[:, 2:]], axis=1), size)
+    return warp_affine(source, np.concatenate([A[:, :2] * k, A[:, 2:]], axis=1), size)

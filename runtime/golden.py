@@ -17,7 +17,7 @@ Infinities and NaN are written `Infinity`, `-Infinity`, `NaN` (what Java and Swi
 
 Stages covered (block name prefixes): image_limits, letterbox, tiles, normalize, anchors, decode, nms, project,
 similarity, affine, warp (plain and prefiltered), align_crop, landmarks, preprocess, int8 (int8 and
-uint8 quantize/dequantize), gate (gate_decision), l2_normalize, pq, manifest, find_face (the candidate
+uint8 quantize/dequantize), gate (gate_decision), l2_normalize, pq (with the Refine(SQ8) re-ranking), manifest, find_face (the candidate
 loop and the tiled fallback of pipeline.find_face, over fake detector and aligner models).
 The consumers compare integers exactly and floats with named tolerances (android_stub/.../GoldenCheck.kt,
 ios_stub/Tests/GlassFinderTests/GoldenTests.swift).
@@ -479,9 +479,10 @@ def _pipeline(w: GoldenWriter, rng: np.random.Generator) -> None:
     w.array("l2_normalize.out", pipeline.l2_normalize(x), "f32")
 
 
-def _pq(w: GoldenWriter, rng: np.random.Generator) -> None:
+def _pq(w: GoldenWriter, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """PQ4x4 over d=16: codebooks, codes (with duplicate rows: exact ties), lookup tables,
-    ADC top-k for IP, L2 and OPQ, k > n padding, encode, and the .gfpq bytes."""
+    ADC top-k for IP, L2 and OPQ, k > n padding, encode, and the .gfpq bytes. Returns the
+    arrays the refine case builds on."""
     d, M, nbits, n, nq, k = 16, 4, 4, 40, 3, 6
     ksub, dsub = 1 << nbits, d // M
     codebooks = rng.normal(0.0, 0.5, size=(M, ksub, dsub)).astype(np.float32)
@@ -526,6 +527,69 @@ def _pq(w: GoldenWriter, rng: np.random.Generator) -> None:
     # The binary gallery file: the stubs parse it and compare with the arrays above.
     g_ip = gallery.Gallery(spec=gallery.parse_spec("PQ4x4,IP"), d=d, codebooks=codebooks, codes=codes, ids=ids)
     w.array("pq.gfpq_bytes", np.frombuffer(gallery.gallery_to_bytes(g_ip), dtype=np.uint8), "i64")
+    return {"codebooks": codebooks, "codes": codes, "ids": ids, "rotation": rotation}
+
+
+# Shortlist of the golden refine galleries: smaller than n = 40 and than 2k, so that the refine
+# really re-orders a shortlist; the `small` case (n = 3, k = 5) clamps it to n.
+_GOLDEN_SHORTLIST = 8
+
+
+def _pq_refine(w: GoldenWriter, rng: np.random.Generator, pq: dict[str, np.ndarray]) -> None:
+    """Refine(SQ8) on the PQ4x4 gallery of `_pq`: SQ8 scales/codes of vectors near the PQ
+    reconstructions, rows 12 and 30 identical (exact ties after the ADC and after the refine),
+    refined top-k for IP, L2 and OPQ, k > n, SQ8 encoding with exact .5 ties, and the v2 bytes.
+    Its own rng: the blocks written before and after it do not move when it changes."""
+    codebooks, ids, rotation = pq["codebooks"], pq["ids"], pq["rotation"]
+    codes = pq["codes"].copy()
+    codes[30] = codes[12]
+    n, d = codes.shape[0], codebooks.shape[0] * codebooks.shape[2]
+    k = 6
+    xb = (gallery.decode(codebooks, codes) + rng.normal(0.0, 0.3, size=(n, d))).astype(np.float32)
+    xb[30] = xb[12]
+    xq = np.stack([xb[3] + rng.normal(0.0, 0.05, d), xb[12] + rng.normal(0.0, 0.05, d),
+                   rng.normal(0.0, 0.5, d)]).astype(np.float32)
+    scales = gallery.sq8_scales(xb)
+    sq8 = gallery.sq8_encode(scales, xb)
+    w.array("pq.refine.codes", codes, "i64")
+    w.array("pq.refine.x", xb, "f32")
+    w.array("pq.refine.scales", scales, "f32")
+    w.array("pq.refine.sq8", sq8, "i64")
+    w.array("pq.refine.queries", xq, "f32")
+    w.array("pq.refine.k", [k], "i64")
+    w.array("pq.refine.shortlist", [_GOLDEN_SHORTLIST], "i64")
+    cases = (("ip", "PQ4x4,IP,Refine(SQ8)", None), ("l2", "PQ4x4,L2,Refine(SQ8)", None),
+             ("opq_ip", "OPQ4,PQ4x4,IP,Refine(SQ8)", rotation))
+    for tag, spec_text, rot in cases:
+        spec = gallery.parse_spec(spec_text)
+        g = gallery.Gallery(spec=spec, d=d, codebooks=codebooks, codes=codes, ids=ids, rotation=rot,
+                            refine_scales=scales, refine_codes=sq8, shortlist=_GOLDEN_SHORTLIST)
+        w.text(f"pq.refine_{tag}.spec", str(spec))
+        D, I = gallery.pq_search(g, xq, k)
+        w.array(f"pq.refine_{tag}.D", D, "f32")
+        w.array(f"pq.refine_{tag}.I", I, "i64")
+    # k > n and shortlist > n: every row is re-scored, the tail is padded.
+    small = gallery.Gallery(spec=gallery.parse_spec("PQ4x4,IP,Refine(SQ8)"), d=d, codebooks=codebooks,
+                            codes=codes[:3], ids=ids[:3], refine_scales=scales, refine_codes=sq8[:3],
+                            shortlist=_GOLDEN_SHORTLIST)
+    D, I = gallery.pq_search(small, xq, 5)
+    w.array("pq.refine_small.D", D, "f32")
+    w.array("pq.refine_small.I", I, "i64")
+    # SQ8 encoding of new SKUs with existing scales: powers of two make x / scale exact, so the
+    # .5 cases are true ties (round half to even), and +-200 steps clip to +-127.
+    enc_scales = np.array([2.0 ** -7, 2.0 ** -6, 0.01, 2.0 ** -3], dtype=np.float32)
+    steps = np.array([[0.5, 1.5, 2.5, -0.5], [-1.5, -2.5, 126.5, -126.5], [127.5, -127.5, 200.0, -200.0],
+                      [3.49, -3.51, 0.0, 7.0]], dtype=np.float32)
+    enc_x = (steps * enc_scales).astype(np.float32)
+    enc_x[3, :] = rng.normal(0.0, 0.3, 4).astype(np.float32)
+    w.array("pq.sq8.scales", enc_scales, "f32")
+    w.array("pq.sq8.x", enc_x, "f32")
+    w.array("pq.sq8.codes", gallery.sq8_encode(enc_scales, enc_x), "i64")
+    # The version-2 file: the stubs parse it and compare with the arrays above.
+    g_file = gallery.Gallery(spec=gallery.parse_spec("OPQ4,PQ4x4,IP,Refine(SQ8)"), d=d, codebooks=codebooks,
+                             codes=codes, ids=ids, rotation=rotation, refine_scales=scales, refine_codes=sq8,
+                             shortlist=_GOLDEN_SHORTLIST)
+    w.array("pq.refine.gfpq_bytes", np.frombuffer(gallery.gallery_to_bytes(g_file), dtype=np.uint8), "i64")
 
 
 def _fake_sha(name: str) -> str:
@@ -748,7 +812,8 @@ def golden_text(seed: int = DEFAULT_SEED) -> str:
     _align(w, rng)
     _landmarks(w, rng)
     _pipeline(w, rng)
-    _pq(w, rng)
+    pq = _pq(w, rng)
+    _pq_refine(w, np.random.default_rng([seed, 17]), pq)
     _manifest(w)
     _find_face(w, rng)
     return w.render()

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from glassfinder_runtime.geometry import apply_affine, invert_affine, warp_affine_prefiltered
+from glassfinder_runtime.geometry import ReducedImages, apply_affine, invert_affine, warp_affine_prefiltered
 
 RIGHT_EYE_RING: tuple[int, ...] = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 LEFT_EYE_RING: tuple[int, ...] = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
@@ -98,11 +98,13 @@ def roi_matrix(roi: FaceRoi, size: int) -> npt.NDArray[np.float64]:
     return np.concatenate([M, t[:, None]], axis=1)
 
 
-def crop_face(image: Image.Image, A: npt.ArrayLike, size: int) -> npt.NDArray[np.uint8]:
-    """(size, size, 3) uint8 crop through the image->crop matrix A (outside the photo: black)."""
+def crop_face(image: Image.Image, A: npt.ArrayLike, size: int,
+              reduced: ReducedImages | None = None) -> npt.NDArray[np.uint8]:
+    """(size, size, 3) uint8 crop through the image->crop matrix A (outside the photo: black).
+    reduced: geometry.ReducedImages of this image, shared by the warps of one search."""
     if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(warp_affine_prefiltered(image, A, (size, size)), dtype=np.uint8)
+        image, reduced = image.convert("RGB"), None
+    return np.asarray(warp_affine_prefiltered(image, A, (size, size), reduced), dtype=np.uint8)
 
 
 def presence_score(face_flag: npt.ArrayLike) -> float:

@@ -429,7 +429,7 @@ class CalibrationSet:
     """Hash of the int8 calibration set a model was quantized with (so a re-export can be compared)."""
 
     model: ModelRole
-    sha256: str  # hash of the calibration array as fed (float32, input layout)
+    sha256: str  # glassfinder_export.calibration.dataset_sha256: over the (n, H, W, 3) uint8 pixels + shape
     count: int  # number of calibration samples
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ from glassfinder_runtime.align import align_crop
 from glassfinder_runtime.bundle import Bundle, open_bundle
 from glassfinder_runtime.errors import BundleError, ConfigError
 from glassfinder_runtime.gallery import pq_search
-from glassfinder_runtime.geometry import CropTemplate
+from glassfinder_runtime.geometry import CropTemplate, ReducedImages
 from glassfinder_runtime.image_io import load_image
 from glassfinder_runtime.manifest import InputSpec, Layout, ModelEntry, ModelRole, Normalization
 
@@ -97,6 +97,7 @@ class SearchResult:
     gate_probs: dict[str, float]
     results: list[SkuHit] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    embedding: npt.NDArray[np.float32] | None = None  # (d,) unit query vector when the gate accepted
 
     def to_json(self) -> dict:
         """The `glassfinder search --json` shape."""
@@ -114,13 +115,27 @@ def preprocess(pixels: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np
     """(H, W, 3) uint8 RGB -> the float tensor the model's input expects, batch of 1.
 
     normalization "runtime": (p / 255 - mean) / std, else p / 255. Layout NHWC or NCHW.
+    uint8 pixels are looked up in `pixel_table` (the same float32 bits as the arithmetic).
     """
-    x = pixels.astype(np.float32) / 255.0
-    if spec.normalization is Normalization.RUNTIME:
-        x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    px = np.asarray(pixels)
+    if px.dtype == np.uint8 and px.ndim == 3:
+        return D.lookup_pixels(px, pixel_table(spec), channels_first=spec.layout is Layout.NCHW)[None]
+    x = D.normalize(px, *_mean_std(spec))
     if spec.layout is Layout.NCHW:
         x = x.transpose(2, 0, 1)
     return np.ascontiguousarray(x[None])
+
+
+def _mean_std(spec: InputSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) preprocess applies: the spec's, or 0 and 1 (exactly p / 255) when in the graph."""
+    if spec.normalization is Normalization.RUNTIME:
+        return spec.mean, spec.std
+    return (0.0,) * spec.channels, (1.0,) * spec.channels
+
+
+def pixel_table(spec: InputSpec) -> npt.NDArray[np.float32]:
+    """(channels, 256) float32, read-only: what preprocess feeds for each uint8 value of each channel."""
+    return D.normalize_table(*(tuple(map(float, v)) for v in _mean_std(spec)))
 
 
 def quantize(x: npt.NDArray[np.float32], scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
@@ -160,17 +175,36 @@ class TfliteModel:
         except KeyError as exc:
             raise BundleError(f"{bundle.path(self.entry)}: output {exc.args[0]!r} of the manifest is not in the model "
                               f"(it has {sorted(by_name)})") from None
+        # (channels, 256): the input value of each uint8 pixel value, preprocess then quantize. Both
+        # are elementwise per channel, so `run_pixels` looks pixels up instead (the same values).
+        table = pixel_table(self.entry.input)
+        d = self.input
+        self.input_table = (quantize(table, *d["quantization"], d["dtype"]) if d["dtype"] in (np.int8, np.uint8)
+                            else table.astype(d["dtype"]))
 
     def __call__(self, x: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
         d = self.input
         if d["dtype"] in (np.int8, np.uint8):
             x = quantize(x, *d["quantization"], d["dtype"])
-        self.interp.set_tensor(d["index"], x.astype(d["dtype"], copy=False))
+        return self._invoke(x.astype(d["dtype"], copy=False))
+
+    def run_pixels(self, pixels: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.float32]]:
+        """(H, W, C) uint8 pixels -> outputs; the same as self(preprocess(pixels, spec)), in one lookup."""
+        px = np.asarray(pixels)
+        if px.dtype != np.uint8 or px.ndim != 3:
+            return self(preprocess(px, self.entry.input))
+        channels_first = self.entry.input.layout is Layout.NCHW
+        return self._invoke(D.lookup_pixels(px, self.input_table, channels_first)[None])
+
+    def _invoke(self, x: np.ndarray) -> list[npt.NDArray[np.float32]]:
+        """x: the input tensor in the file's dtype. get_tensor returns copies, so float outputs are not copied again."""
+        self.interp.set_tensor(self.input["index"], x)
         self.interp.invoke()
         outs = []
         for o in self.outputs:
             y = self.interp.get_tensor(o["index"])
-            outs.append(dequantize(y, *o["quantization"]) if o["dtype"] in (np.int8, np.uint8) else y.astype(np.float32))
+            outs.append(dequantize(y, *o["quantization"]) if o["dtype"] in (np.int8, np.uint8)
+                        else y.astype(np.float32, copy=False))
         return outs
 
 
@@ -199,40 +233,43 @@ def detect_faces(image: Image.Image, run_detector: ModelFn, spec: D.DetectorSpec
     return D.merge(parts, spec.decode.nms_iou, spec.decode.nms_algorithm)
 
 
-def face_mesh(image: Image.Image, roi: L.FaceRoi, run_aligner: ModelFn,
-              opts: L.MeshOptions) -> tuple[npt.NDArray[np.float32], float]:
-    """(468, 3) image-pixel mesh and face-presence score for one rotated face roi."""
+def face_mesh(image: Image.Image, roi: L.FaceRoi, run_aligner: ModelFn, opts: L.MeshOptions,
+              reduced: ReducedImages | None = None) -> tuple[npt.NDArray[np.float32], float]:
+    """(468, 3) image-pixel mesh and face-presence score for one rotated face roi.
+    reduced: geometry.ReducedImages of this image, shared by the warps of one search."""
     A = L.roi_matrix(roi, opts.input_size)
-    raw, flag = run_aligner(L.crop_face(image, A, opts.input_size))[:2]
+    raw, flag = run_aligner(L.crop_face(image, A, opts.input_size, reduced))[:2]
     return L.decode_landmarks(raw, A, opts.num_landmarks), L.presence_score(flag)
 
 
 def locate_landmarks(image: Image.Image, det: D.Detections, i: int, run_aligner: ModelFn, opts: L.MeshOptions,
-                     refine: int = 1) -> tuple[npt.NDArray[np.float32], float]:
+                     refine: int = 1, reduced: ReducedImages | None = None) -> tuple[npt.NDArray[np.float32], float]:
     """(468, 3) mesh of detection i and its presence score, after `refine` re-crops from the mesh
-    (MediaPipe's tracking roi, tighter on tilted heads)."""
+    (MediaPipe's tracking roi, tighter on tilted heads). reduced: as in face_mesh (made here if None)."""
+    reduced = ReducedImages(image) if reduced is None else reduced
     kp = det.keypoints[i]
     roi = L.face_roi(det.boxes[i], kp[D.FaceKeypoint.RIGHT_EYE], kp[D.FaceKeypoint.LEFT_EYE], opts.roi_scale)
-    mesh, presence = face_mesh(image, roi, run_aligner, opts)
+    mesh, presence = face_mesh(image, roi, run_aligner, opts, reduced)
     for _ in range(refine):
         if presence < opts.presence_threshold:
             break
-        mesh, presence = face_mesh(image, L.roi_from_mesh(mesh, opts.roi_scale), run_aligner, opts)
+        mesh, presence = face_mesh(image, L.roi_from_mesh(mesh, opts.roi_scale), run_aligner, opts, reduced)
     return mesh, presence
 
 
 def find_face(image: Image.Image, run_detector: ModelFn, run_aligner: ModelFn, spec: D.DetectorSpec,
               anchors: npt.NDArray[np.float32], mesh_opts: L.MeshOptions,
               opts: FaceSearchOptions = FaceSearchOptions(), timings: dict[str, float] | None = None,
-              ) -> tuple[D.Detections, int, npt.NDArray[np.float32] | None, float]:
+              reduced: ReducedImages | None = None) -> tuple[D.Detections, int, npt.NDArray[np.float32] | None, float]:
     """(detections, index of the chosen face or -1, its (468, 3) mesh or None, its presence score).
 
     The chosen face is the largest detection the aligner confirms (presence >= threshold), from the
     whole-photo pass, else from the tiled pass. The detections returned are those of the pass that
     confirmed a face (the whole-photo ones if none did). `timings` accumulates seconds spent in
-    "detect" and "align".
+    "detect" and "align". reduced: geometry.ReducedImages of this image (made here if None).
     """
     t = timings if timings is not None else {}
+    reduced = ReducedImages(image) if reduced is None else reduced
     whole = None
     for tile_rows in (0, opts.tile_rows) if opts.tile_rows > 0 else (0,):
         t0 = time.perf_counter()
@@ -242,7 +279,7 @@ def find_face(image: Image.Image, run_detector: ModelFn, run_aligner: ModelFn, s
         t0 = time.perf_counter()
         try:
             for i in D.by_prominence(det)[: opts.max_candidates]:
-                mesh, presence = locate_landmarks(image, det, int(i), run_aligner, mesh_opts, opts.refine)
+                mesh, presence = locate_landmarks(image, det, int(i), run_aligner, mesh_opts, opts.refine, reduced)
                 if presence >= mesh_opts.presence_threshold:
                     return det, int(i), mesh, presence
         finally:
@@ -266,8 +303,7 @@ def l2_normalize(x: npt.ArrayLike, eps: float = 1e-12) -> npt.NDArray[np.float32
 
 
 def _model_fn(model: TfliteModel) -> ModelFn:
-    spec = model.entry.input
-    return lambda pixels: model(preprocess(pixels, spec))
+    return model.run_pixels
 
 
 def read_sku_metadata(path: Path, n: int) -> list[dict]:
@@ -347,13 +383,14 @@ class GlassFinder:
             image = image.convert("RGB")
         t["decode"] = time.perf_counter() - t0
 
+        reduced = ReducedImages(image)  # box reductions shared by the aligner passes and the glasses crop
         det, i, mesh, _ = find_face(image, self.run[ModelRole.DETECTOR], self.run[ModelRole.ALIGNER], self.det_spec,
-                                 self.anchors, self.mesh_opts, self.options.face, t)
+                                 self.anchors, self.mesh_opts, self.options.face, t, reduced)
         if i < 0:
             return self._rejected("no_face", len(det), None, None, {}, t)
         keypoints = L.glasses_keypoints(mesh, self.mesh_opts)
         t0 = time.perf_counter()
-        crop, A = align_crop(image, keypoints, self.template)
+        crop, A = align_crop(image, keypoints, self.template, reduced)
         t["crop"] = time.perf_counter() - t0
         face = Face(box=det.boxes[i].copy(), score=float(det.scores[i]), keypoints=keypoints, crop_matrix=A)
 
@@ -371,7 +408,7 @@ class GlassFinder:
         t["search"] = time.perf_counter() - t0
         hits = [SkuHit(sku=self.skus[r]["sku"], name=self.skus[r]["name"], score=float(s), index=int(r))
                 for s, r in zip(scores, rows) if r >= 0]
-        return SearchResult("ok", "", None, len(det), face, crop, probs, hits, _ms(t))
+        return SearchResult("ok", "", None, len(det), face, crop, probs, hits, _ms(t), q)
 
     def _rejected(self, reason: str, faces: int, face: Face | None, crop, probs: dict, t: dict) -> SearchResult:
         why = "no face was found" if reason == "no_face" else "no glasses are worn on the face"

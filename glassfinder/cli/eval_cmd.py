@@ -22,10 +22,14 @@ def register(sub, bench) -> None:
             "size-insensitive, mAP@R, and the gate's TPR (queries) and FPR (bare faces, non-face images)."),
         epilog=("examples:\n"
                 "  glassfinder eval --json out/eval.json --sheet out/failures.png   # the reference protocol\n"
+                "  glassfinder eval --bundle bundle --json out/eval_bundle.json      # + the bundle's int8 pipeline\n"
                 "  glassfinder eval --n-gallery 400 --n-queries 400 --json out/eval_small.json  # a quick look"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, help="write the report here (it is printed too)")
     p.add_argument("--sheet", type=Path, help="write a picture of failed queries with their top-5")
+    p.add_argument("--bundle", type=Path,
+                   help="also run the same photos through this bundle's on-device pipeline (LiteRT models), "
+                        "searched exactly and with the bundle's gallery; reports the top-1 drop vs float")
     for f in fields(EvalConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(d, f.name)), default=getattr(d, f.name),
                        help="(default %(default)s)")
@@ -40,12 +44,20 @@ def run_eval(args) -> int:
     cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
     if cfg.n_gallery < cfg.top_k or cfg.n_queries < 1 or cfg.renders_per_sku < 1:
         raise ConfigError(f"need --n-gallery >= --top-k ({cfg.top_k}), --n-queries >= 1 and --renders-per-sku >= 1")
-    report = evaluate(cfg, progress=not args.quiet, sheet=str(args.sheet) if args.sheet else None)
+    report = evaluate(cfg, progress=not args.quiet, sheet=str(args.sheet) if args.sheet else None,
+                      bundle=str(args.bundle) if args.bundle else None)
     keys = ("top1", "top5", "top10", "top1_size_insensitive", "top10_size_insensitive", "map_at_r",
             "gate_tpr", "gate_fpr", "gallery_skus", "queries", "seconds")
     for k in keys:
         v = report[k]
         print(f"{k:>24s}  {v:.4f}" if isinstance(v, float) else f"{k:>24s}  {v}")
+    if "variants" in report:
+        cols = ("top1", "top10", "top1_size_insensitive", "top10_size_insensitive", "gate_tpr", "gate_fpr")
+        print(f"\n{'pipeline + search':<30s}" + "".join(f"{c.replace('_size_insensitive', ' s-i'):>11s}" for c in cols))
+        for name, v in report["variants"].items():
+            print(f"{name:<30s}" + "".join(f"{v[c]:>11.4f}" for c in cols))
+        print(f"top-1 drop, float -> bundle: {report['top1_drop_points']:.2f} points "
+              f"(size-insensitive {report['top1_size_insensitive_drop_points']:.2f}); gallery {report['gallery_spec']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

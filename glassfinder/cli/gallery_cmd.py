@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-_SPEC_HELP = "PQ spec with the metric explicit, e.g. PQ16x8,IP or OPQ16,PQ16x8,IP (default %(default)s)"
+_SPEC_HELP = ("PQ spec with the metric explicit, e.g. PQ16x8,IP or OPQ16,PQ16x8,IP; a ',Refine(SQ8)' suffix "
+              "re-ranks the PQ shortlist with int8 codes (+d bytes per SKU) (default %(default)s)")
+_SHORTLIST_HELP = "rows of the PQ ranking re-ranked by Refine(SQ8) (raised to k, cut to n; default %(default)s)"
 
 
 def register(sub, bench) -> None:
@@ -16,11 +18,12 @@ def register(sub, bench) -> None:
         description=(
             "The gallery stores each SKU embedding as a product-quantization code (PQ16x8: 16 bytes "
             "instead of 512 for a 128-d float32 vector) plus its int64 SKU index, in a versioned, "
-            "checksummed .gfpq file (docs/gallery_format.md). New SKUs are added with the existing "
-            "codebooks: no retraining, no rebuild."
+            "checksummed .gfpq file (docs/gallery_format.md). With ',Refine(SQ8)' each SKU also keeps "
+            "an int8 code per dimension that re-ranks the PQ shortlist (near-exact top-1). New SKUs "
+            "are added with the existing codebooks and scales: no retraining, no rebuild."
         ),
         epilog=("examples:\n"
-                "  glassfinder gallery build --vectors emb.npy --spec PQ16x8,IP --out out/gallery.gfpq\n"
+                "  glassfinder gallery build --vectors emb.npy --spec 'OPQ16,PQ16x8,IP,Refine(SQ8)' --out out/gallery.gfpq\n"
                 "  glassfinder gallery add --gallery out/gallery.gfpq --vectors new.npy --out out/gallery.gfpq\n"
                 "  glassfinder gallery info out/gallery.gfpq\n"
                 "  glassfinder gallery bench --json out/gallery_bench.json"),
@@ -32,7 +35,8 @@ def register(sub, bench) -> None:
     p = gsub.add_parser(
         "build", help="train codebooks on embeddings and encode them into a .gfpq file",
         description=("Train k-means PQ codebooks (one k-means per sub-space, deterministic from "
-                     "--seed; OPQ rotation if the spec starts with OPQ) and encode every vector."),
+                     "--seed; OPQ rotation if the spec starts with OPQ) and encode every vector; with "
+                     "',Refine(SQ8)' also the per-dimension int8 refine codes (scales from --vectors)."),
         epilog="example:\n  glassfinder gallery build --vectors emb.npy --ids sku_index.npy --out out/gallery.gfpq",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vectors", type=Path, required=True, help="(n, d) float .npy of SKU embeddings")
@@ -42,6 +46,7 @@ def register(sub, bench) -> None:
                    help="(m, d) .npy to train the codebooks on instead of --vectors (needs m >= 2**nbits)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default %(default)s)")
     p.add_argument("--niter", type=int, default=25, help="k-means iterations (default %(default)s)")
+    p.add_argument("--shortlist", type=int, default=_default_shortlist(), help=_SHORTLIST_HELP)
     p.add_argument("--out", type=Path, required=True, help="the .gfpq file to write")
     p.set_defaults(func=run_build)
 
@@ -69,6 +74,12 @@ def register(sub, bench) -> None:
         _add_bench_parser(parent, name)
 
 
+def _default_shortlist() -> int:
+    from glassfinder_runtime.gallery import DEFAULT_SHORTLIST
+
+    return DEFAULT_SHORTLIST
+
+
 def _add_bench_parser(parent, name: str) -> None:
     from glassfinder_export.gallery_bench import GalleryBenchConfig
 
@@ -79,7 +90,8 @@ def _add_bench_parser(parent, name: str) -> None:
             "Measure the PQ gallery: recall@10 vs exact search (faiss 1-recall@10: exact top-1 in the "
             "PQ top 10) and the top-1 change on noisy queries of known items, at 3,200 SKUs and at "
             "--n-1m; bytes per SKU and compression; median single-query search time on ONE thread at "
-            "3,200 and --n-1m, next to faiss IndexPQ on the same codes. Synthetic clustered unit "
+            "3,200 and --n-1m, next to faiss IndexPQ on the same codes. The same numbers again with "
+            "Refine(SQ8) on the same codes (refine_* keys). Synthetic clustered unit "
             "vectors unless --vectors gives real embeddings. Prints a table and writes --json."),
         epilog="example:\n  glassfinder gallery bench --json out/gallery_bench.json --n-1m 1000000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +114,7 @@ def _add_bench_parser(parent, name: str) -> None:
     p.add_argument("--query-noise", type=float, default=defaults.query_noise,
                    help="query noise; query-SKU cosine ~ 1/sqrt(1+t^2) (default %(default)s)")
     p.add_argument("--niter", type=int, default=defaults.niter, help="k-means iterations (default %(default)s)")
+    p.add_argument("--shortlist", type=int, default=defaults.shortlist, help=_SHORTLIST_HELP)
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed (default %(default)s)")
     p.set_defaults(func=run_bench)
 
@@ -123,8 +136,13 @@ def _load_npy(path: Path, what: str):
 
 
 def _print_summary(info: dict) -> None:
+    refine = (f"{info['refine']}, shortlist {info['shortlist']}, {info['refine_code_size']} B/SKU"
+              if info["refine"] else "none")
+    sections = ", ".join(f"{name} {size}" for name, size in info["section_bytes"].items() if size)
     rows = [("spec", info["spec"]), ("vectors (n)", info["n"]), ("dimension (d)", info["d"]),
-            ("file bytes", info["file_bytes"]), ("code bytes per SKU", info["bytes_per_sku"]),
+            ("refine", refine), ("file bytes", info["file_bytes"]), ("section bytes", sections),
+            ("code bytes per SKU", (f"{info['bytes_per_sku']} (PQ {info['code_size']} + refine "
+                                    f"{info['refine_code_size']})")),
             ("file bytes per SKU", f"{info['file_bytes_per_sku']:.2f}"),
             ("compression vs float32", f"{info['compression_ratio']:.1f}x"),
             ("format version", info["format_version"]), ("crc32", info["crc32"]),
@@ -136,6 +154,7 @@ def _print_summary(info: dict) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from glassfinder_export.gallery import TRAIN_POINTS_ADVICE, build_gallery
+    from glassfinder_runtime.errors import ConfigError
     from glassfinder_runtime.gallery import inspect_gallery, parse_spec, write_gallery
 
     spec = parse_spec(args.spec)
@@ -148,8 +167,10 @@ def run_build(args: argparse.Namespace) -> int:
               f"{TRAIN_POINTS_ADVICE * spec.ksub} the codebooks overfit and SKUs added later lose "
               f"accuracy: pass --train-vectors with embeddings of more (e.g. training-split) SKUs",
               file=sys.stderr)
+    if args.shortlist < 1:
+        raise ConfigError(f"--shortlist must be >= 1, got {args.shortlist}")
     gallery = build_gallery(vectors, ids, spec, seed=args.seed, niter=args.niter,
-                            train_vectors=train, progress=True)
+                            train_vectors=train, progress=True, shortlist=args.shortlist)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_gallery(gallery, args.out)
     _print_summary(inspect_gallery(args.out))
@@ -191,13 +212,14 @@ def run_bench(args: argparse.Namespace) -> int:
     from glassfinder_export.gallery_bench import GalleryBenchConfig, run_gallery_bench
     from glassfinder_runtime.errors import ConfigError
 
-    if min(args.n_1m, args.n_ref, args.d, args.queries, args.timing_queries) < 1 or args.n_train < 0:
-        raise ConfigError("--n-1m, --n-ref, --d, --queries and --timing-queries must be >= 1, --n-train >= 0")
+    if min(args.n_1m, args.n_ref, args.d, args.queries, args.timing_queries, args.shortlist) < 1 or args.n_train < 0:
+        raise ConfigError("--n-1m, --n-ref, --d, --queries, --timing-queries and --shortlist must be >= 1, "
+                          "--n-train >= 0")
     cfg = GalleryBenchConfig(spec=args.spec, d=args.d, n_ref=args.n_ref, n_1m=args.n_1m,
                              n_queries=args.queries, n_timing=args.timing_queries,
                              n_queries_1m=min(GalleryBenchConfig.n_queries_1m, args.queries),
                              cluster_spread=args.cluster_spread, query_noise=args.query_noise,
-                             n_train=args.n_train, niter=args.niter, seed=args.seed)
+                             n_train=args.n_train, niter=args.niter, seed=args.seed, shortlist=args.shortlist)
     vectors = None if args.vectors is None else _load_npy(args.vectors, "vectors")
     train = None if args.train_vectors is None else _load_npy(args.train_vectors, "training vectors")
     r = run_gallery_bench(cfg, vectors, train)
@@ -224,6 +246,22 @@ def run_bench(args: argparse.Namespace) -> int:
          f"float32 brute force, 1 thread (CPU {r['exact_search_cpu_ms_1m']:.2f})"),
         ("faiss_top1_agreement_1m", f"{r['faiss_top1_agreement_1m']:.4f}",
          f"codes agree {_fmt(r['faiss_code_agreement_1m'], '.4f')}"),
+        # The same codes re-ranked by the refine stage.
+        ("refine_recall_at_10", f"{r['refine_recall_at_10']:.4f}",
+         f"{r['refine_spec']}, shortlist {r['shortlist']}, {r['n_ref']} SKUs"),
+        ("refine_top1_delta", f"{r['refine_top1_delta']:+.4f}",
+         f"refine {r['refine_top1']:.4f} - exact {r['top1_exact']:.4f} top-1"),
+        ("refine_top1_delta_added", _fmt(r["refine_top1_delta_added"], "+.4f"),
+         f"same, the {r['n_added']} SKUs added one-shot (build's SQ8 scales)"),
+        ("refine_recall_at_10_1m", f"{r['refine_recall_at_10_1m']:.4f}", f"same, {big} vectors"),
+        ("refine_top1_delta_1m", f"{r['refine_top1_delta_1m']:+.4f}", f"same, {big} vectors"),
+        ("refine_bytes_per_sku", f"{r['refine_bytes_per_sku']}",
+         (f"PQ + SQ8 codes; file {r['refine_file_bytes_per_sku_3200']:.1f} B/SKU with ids "
+          f"({r['refine_compression_ratio']:.1f}x)")),
+        ("refine_search_ms_3200", f"{r['refine_search_ms_3200']:.3f}",
+         f"ADC + re-rank, 1 query, 1 thread (CPU {r['refine_search_cpu_ms_3200']:.3f})"),
+        ("refine_search_ms_1m", f"{r['refine_search_ms_1m']:.2f}",
+         f"ADC + re-rank, {big} codes (CPU {r['refine_search_cpu_ms_1m']:.2f})"),
     ]
     w = max(len(k) for k, _, _ in rows)
     print(f"{'metric':<{w}}  {'value':>9}  note")

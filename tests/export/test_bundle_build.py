@@ -55,3 +55,21 @@ def test_the_tiny_fixture_records_what_it_shipped():
     assert set(report["shipped"]) == {"detector", "aligner", "gate", "embedder"}
     assert all(v in (t.value for t in SHIP_PREFERENCE) for v in report["shipped"].values())
     assert "end_to_end" in report["models"]
+
+
+def test_a_clearly_slower_candidate_is_skipped_for_a_faster_passing_one():
+    measured = {Target.TFLITE_INT8.value: BAD, Target.TFLITE_DYNAMIC_INT8.value: GOOD, Target.TFLITE_FP16.value: GOOD}
+    latency = {Target.TFLITE_INT8.value: 9.9, Target.TFLITE_DYNAMIC_INT8.value: 1.97, Target.TFLITE_FP16.value: 1.63}
+    assert choose_shipped("aligner", measured, ParityThresholds(), latency) is Target.TFLITE_FP16
+
+
+def test_small_timing_differences_keep_the_preference_order():
+    measured = {Target.TFLITE_INT8.value: GOOD, Target.TFLITE_DYNAMIC_INT8.value: GOOD}
+    latency = {Target.TFLITE_INT8.value: 0.06, Target.TFLITE_DYNAMIC_INT8.value: 0.04, Target.TFLITE_FP16.value: 0.05}
+    assert choose_shipped("gate", measured, ParityThresholds(), latency) is Target.TFLITE_INT8  # 50% but 0.02 ms
+
+
+def test_a_failing_candidate_never_sets_the_pace():
+    measured = {Target.TFLITE_INT8.value: GOOD, Target.TFLITE_DYNAMIC_INT8.value: BAD}
+    latency = {Target.TFLITE_INT8.value: 3.0, Target.TFLITE_DYNAMIC_INT8.value: 1.0, Target.TFLITE_FP16.value: 1.0}
+    assert choose_shipped("aligner", measured, ParityThresholds(), latency) is Target.TFLITE_INT8

@@ -198,3 +198,68 @@ def test_merge_combines_passes_and_orders_by_prominence():
     assert np.allclose(out.boxes[0], (np.array([10, 10, 50, 50]) * 0.6 + np.array([12, 10, 52, 50]) * 0.9) / 1.5)
     assert out.scores.tolist() == pytest.approx([0.9, 0.7])
     assert D.by_prominence(out).tolist() == [1, 0]  # the 100-px box first
+
+
+@pytest.mark.parametrize("mean,std", [((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                                      ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                                      ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))])
+def test_normalize_lookup_gives_the_bits_of_the_arithmetic(mean, std):
+    """normalize looks uint8 pixels up in a table; it must be the float32 arithmetic, bit for bit
+    (the golden vectors and the stubs compute it per pixel)."""
+    px = np.random.default_rng(0).integers(0, 256, size=(9, 11, 3), dtype=np.uint8)
+    px[0, :3] = [(0, 0, 0), (255, 255, 255), (1, 128, 254)]
+    expected = (px.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    got = D.normalize(px, mean, std)
+    assert got.dtype == np.float32 and got.shape == px.shape
+    np.testing.assert_array_equal(got, expected)
+    table = D.normalize_table(mean, std)
+    np.testing.assert_array_equal(D.lookup_pixels(px, table, channels_first=True), expected.transpose(2, 0, 1))
+    # non-uint8 input takes the arithmetic itself
+    np.testing.assert_array_equal(D.normalize(px.astype(np.float64), mean, std), expected)
+
+
+def test_lookup_pixels_rejects_a_table_for_other_channels():
+    with pytest.raises(ValueError, match="channels"):
+        D.lookup_pixels(np.zeros((4, 4, 3), np.uint8), np.zeros((1, 256), np.float32))
+
+
+@pytest.mark.parametrize("size", [(400, 200), (200, 400), (301, 299), (256, 256), (64, 64)])
+def test_letterbox_pixels_are_the_pasted_canvas(size):
+    """The padded input is built in numpy; it must equal Pillow's resize pasted on a black canvas."""
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+    x, A = D.letterbox(img, 128)
+    nw, nh = round(A[0, 0] * size[0]), round(A[1, 1] * size[1])
+    canvas = Image.new("RGB", (128, 128))
+    canvas.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), (int(A[0, 2]), int(A[1, 2])))
+    assert x.shape == (128, 128, 3) and x.dtype == np.uint8
+    np.testing.assert_array_equal(x, np.asarray(canvas))
+
+
+def test_postprocess_decodes_only_what_nms_keeps_and_gets_the_full_chain():
+    """postprocess skips the anchors below min_score before decoding; the detections must be those of
+    decode_boxes -> weighted_nms -> project over all 896 anchors, exactly."""
+    rng = np.random.default_rng(5)
+    spec = D.DetectorSpec()
+    anchors = D.generate_anchors(spec.anchors)
+    raw = rng.normal(0.0, 4.0, size=(896, 16)).astype(np.float32)
+    raw[:, 2:4] = np.abs(raw[:, 2:4]) + 20.0  # widths and heights in input pixels
+    logits = rng.normal(-6.0, 4.0, size=(896, 1)).astype(np.float32)
+    logits[[10, 11, 12, 400, 401, 895]] = [[3.0], [0.2], [50.0], [2.0], [1e-7], [0.0]]  # overlapping groups, ties at 0.5
+    _, A = D.letterbox(Image.new("RGB", (640, 480)), 128)
+    full = D.weighted_nms(D.decode_boxes(raw, logits, anchors), spec.decode.min_score, spec.decode.nms_iou)
+    expected = D.project(full, A, 128)
+    got = D.postprocess(raw, logits, A, spec, anchors)
+    assert len(got) == len(expected) > 3
+    for name in ("boxes", "keypoints", "scores"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+    none = D.postprocess(raw, np.full((896, 1), -20.0, np.float32), A, spec, anchors)
+    assert len(none) == 0 and none.boxes.shape == (0, 4) and none.keypoints.shape == (0, 6, 2)
+
+
+def test_nms_ends_on_degenerate_boxes():
+    """A zero-area box has IoU 0 even with itself; it must still form its own group (no endless loop)."""
+    boxes = np.array([[0.2, 0.2, 0.2, 0.5], [0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.3, 0.3]], np.float32)
+    det = D.Detections(boxes, np.zeros((3, 6, 2), np.float32), np.array([0.9, 0.8, 0.7], np.float32))
+    out = D.weighted_nms(det, 0.5, 0.3)
+    assert len(out) == 3
+    np.testing.assert_array_equal(out.boxes, boxes)

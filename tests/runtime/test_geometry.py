@@ -5,11 +5,13 @@ from PIL import Image
 
 from glassfinder_runtime.geometry import (
     DEFAULT_TEMPLATE,
+    ReducedImages,
     apply_affine,
     crop_matrix,
     estimate_similarity,
     invert_affine,
     warp_affine,
+    warp_affine_prefiltered,
 )
 
 POINT_TOL_PX = 1e-6  # exact geometry in float64
@@ -66,3 +68,23 @@ def test_warp_affine_samples_where_the_matrix_says():
     out = np.asarray(warp_affine(img, A, (32, 16))).astype(float)
     expected = (np.arange(32) + 10) * 3.0
     assert np.abs(out[8, :, 0] - expected).max() <= WARP_TOL_LEVELS
+
+
+def test_reduced_images_are_made_once_and_warp_to_the_same_pixels():
+    """The box reductions a search shares between its warps give the pixels of a fresh reduction,
+    and each factor is reduced once."""
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, size=(600, 500, 3), dtype=np.uint8))
+    fresh = img.copy()
+    calls = []
+    reduce = img.reduce
+    img.reduce = lambda k: calls.append(k) or reduce(k)  # count the reductions of the shared image
+    shared = ReducedImages(img)
+    shrinks = [similarity(0.3, 10, 5, -20), similarity(0.31, -5, 0, 3), similarity(0.2, 0, 1, 1),
+               similarity(0.8, 3, 2, 2)]
+    for A in shrinks:
+        got = warp_affine_prefiltered(img, A, (64, 48), shared)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(warp_affine_prefiltered(fresh, A, (64, 48))))
+    assert calls == [3, 5]  # 0.3 and 0.31 share the 3x reduction; 0.8 needs none
+    assert shared.reduced(1) is img
+    with pytest.raises(ValueError, match="another image"):
+        warp_affine_prefiltered(fresh, similarity(0.3, 0, 0, 0), (8, 8), shared)

@@ -123,3 +123,27 @@ def test_find_face_block_pins_the_candidate_loop_and_the_tiled_fallback() -> Non
     # none: nothing confirmed in either pass; the whole-photo detections come back with index -1.
     assert g["find_face.none.index"].tolist() == [-1] and g["find_face.none.mesh"].shape == (0, 3)
     assert (presences("none") < threshold).all() and g["find_face.none.detector_calls"][0] == 1 + len(tiles)
+
+
+def test_refine_block_re_ranks_a_real_shortlist_and_pins_its_ties() -> None:
+    """The Refine(SQ8) case of golden.py exercises what the stubs must get right: the shortlist is
+    smaller than n and changes the ADC order, identical rows tie (lower position first), the
+    version-2 file parses back to the same gallery, and SQ8 rounds .5 to even."""
+    g = golden.read_golden(FIXTURE)
+    ids, codebooks = g["pq.ids"], g["pq.codebooks"].astype(np.float32)
+    codes, sq8 = g["pq.refine.codes"].astype(np.uint8), g["pq.refine.sq8"].astype(np.int8)
+    xq, k, shortlist = g["pq.refine.queries"], int(g["pq.refine.k"][0]), int(g["pq.refine.shortlist"][0])
+    assert k < shortlist < len(ids)
+    plain = gallery.Gallery(gallery.parse_spec("PQ4x4,IP"), 16, codebooks, codes, ids)
+    assert not np.array_equal(gallery.pq_search(plain, xq, k)[1], g["pq.refine_ip.I"])
+    # Rows 12 and 30 are identical (PQ and SQ8): tied, lower gallery position first.
+    I, D = g["pq.refine_ip.I"][1], g["pq.refine_ip.D"][1]
+    assert I[:2].tolist() == [ids[12], ids[30]] and D[0] == D[1]
+    file = gallery.gallery_from_bytes(g["pq.refine.gfpq_bytes"].astype(np.uint8).tobytes())
+    assert str(file.spec) == "OPQ4,PQ4x4,IP,Refine(SQ8)" and file.shortlist == shortlist
+    np.testing.assert_array_equal(file.refine_codes, sq8)
+    np.testing.assert_array_equal(file.refine_scales, g["pq.refine.scales"])
+    D_file, I_file = gallery.pq_search(file, xq, k)
+    np.testing.assert_array_equal(I_file, g["pq.refine_opq_ip.I"])
+    np.testing.assert_array_equal(D_file, g["pq.refine_opq_ip.D"])
+    assert g["pq.sq8.codes"][0].tolist() == [0, 2, 2, 0]  # 0.5, 1.5, 2.5, -0.5 steps

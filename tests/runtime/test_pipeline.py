@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from glassfinder_runtime.align import align_crop
 from glassfinder_runtime.bundle import open_bundle
+from glassfinder_runtime.detect import lookup_pixels
 from glassfinder_runtime.errors import ImageError
-from glassfinder_runtime.pipeline import REFUSAL_MESSAGE, GlassFinder, SearchOptions, l2_normalize, preprocess, softmax
+from glassfinder_runtime.manifest import ChannelOrder, DType, InputSpec, Layout, ModelRole, Normalization
+from glassfinder_runtime.pipeline import (REFUSAL_MESSAGE, GlassFinder, SearchOptions, TfliteModel, l2_normalize,
+                                          preprocess, quantize, softmax)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "fixtures" / "tiny_bundle"
@@ -102,3 +106,54 @@ def test_options_are_validated():
 
     with pytest.raises(ConfigError, match="top_k"):
         SearchOptions(top_k=0)
+
+
+@pytest.mark.parametrize("layout", list(Layout))
+@pytest.mark.parametrize("normalization", list(Normalization))
+def test_preprocess_gives_the_bits_of_the_arithmetic(layout, normalization):
+    """preprocess looks uint8 pixels up in a per-channel table: the float32 arithmetic of the
+    manifest's contract, bit for bit, in either layout."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    shape = (1, 6, 7, 3) if layout is Layout.NHWC else (1, 3, 6, 7)
+    spec = InputSpec(name="input", shape=shape, dtype=DType.FLOAT32, layout=layout, channel_order=ChannelOrder.RGB,
+                     normalization=normalization, mean=mean, std=std)
+    px = np.random.default_rng(3).integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
+    expected = px.astype(np.float32) / 255.0
+    if normalization is Normalization.RUNTIME:
+        expected = (expected - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    expected = expected[None] if layout is Layout.NHWC else expected.transpose(2, 0, 1)[None]
+    got = preprocess(px, spec)
+    assert got.shape == shape and got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(preprocess(px.astype(np.float32), spec), expected)  # non-uint8: the arithmetic
+
+
+def test_model_input_lookup_is_preprocess_then_quantize(finder):
+    """TfliteModel.run_pixels builds the input tensor (float, or int8/uint8 for integer models) in one
+    lookup; it must be the tensor __call__ makes from preprocess, and give the same outputs."""
+    px = np.random.default_rng(4).integers(0, 256, size=(192, 192, 3), dtype=np.uint8)
+    for role in ModelRole:
+        model = TfliteModel(finder.bundle, role)
+        spec, d = model.entry.input, model.input
+        x = px[:spec.height, :spec.width]
+        expected = preprocess(x, spec)
+        if d["dtype"] in (np.int8, np.uint8):
+            expected = quantize(expected, *d["quantization"], d["dtype"])
+        assert model.input_table.dtype == d["dtype"]
+        looked_up = lookup_pixels(x, model.input_table, channels_first=spec.layout is Layout.NCHW)[None]
+        np.testing.assert_array_equal(looked_up, expected)
+        for a, b in zip(model.run_pixels(x), model(preprocess(x, spec))):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_search_of_a_large_photo_shares_reductions_without_changing_pixels(finder):
+    """A photo big enough that every warp box-reduces it: the search (one ReducedImages for its
+    aligner passes and glasses crop) gives the crop a fresh, unshared warp gives."""
+    big = Image.open(SAMPLES / "query.jpg").convert("RGB")
+    big = big.resize((big.width * 5, big.height * 5), Image.Resampling.BICUBIC)
+    result = finder.search(big)
+    assert result.status in ("ok", "rejected") and result.face is not None
+    crop, A = align_crop(big.copy(), result.face.keypoints, finder.template)
+    np.testing.assert_array_equal(A, result.face.crop_matrix)
+    assert np.sqrt(abs(np.linalg.det(A[:, :2]))) < 0.5  # the crop really is box-reduced
+    np.testing.assert_array_equal(crop, result.crop)

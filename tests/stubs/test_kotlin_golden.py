@@ -54,6 +54,7 @@ def _run(jar: Path, golden: Path) -> subprocess.CompletedProcess:
 def test_kotlin_core_matches_the_golden_vectors_and_the_check_can_fail(golden_check_jar: Path, tmp_path: Path) -> None:
     _check_passes(golden_check_jar)
     _check_fails_on_a_wrong_id(golden_check_jar, tmp_path)
+    _check_fails_on_a_wrong_refine_order_or_rounding(golden_check_jar, tmp_path)
     _check_fails_on_another_face_choice(golden_check_jar, tmp_path)
 
 
@@ -83,6 +84,28 @@ def _check_fails_on_a_wrong_id(golden_check_jar: Path, tmp_path: Path) -> None:
     proc = _run(golden_check_jar, tampered)
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "FAIL pq.ip.I" in proc.stdout and "1 failed" in proc.stdout, proc.stdout[-3000:]
+
+
+def _check_fails_on_a_wrong_refine_order_or_rounding(golden_check_jar: Path, tmp_path: Path) -> None:
+    """The Refine(SQ8) case is really compared: the first two re-ranked ids swapped, and a .5 tie
+    rounded away from even (2.5 -> 3) in the SQ8 encoding case, each fail by name."""
+    lines = GOLDEN.read_text(encoding="utf-8").split("\n")
+    row = lines.index(next(line for line in lines if line.startswith("pq.refine_ip.I "))) + 1
+    values = lines[row].split(" ")
+    assert values[0] != values[1], "the golden refine case needs two distinct leading ids"
+    values[0], values[1] = values[1], values[0]
+    lines[row] = " ".join(values)
+    row = lines.index(next(line for line in lines if line.startswith("pq.sq8.codes "))) + 1
+    values = lines[row].split(" ")
+    assert values[2] == "2", "the golden SQ8 case starts with 0.5, 1.5, 2.5 steps: 2.5 rounds to 2"
+    values[2] = "3"
+    lines[row] = " ".join(values)
+    tampered = tmp_path / "golden_refine.txt"
+    tampered.write_text("\n".join(lines), encoding="utf-8")
+    proc = _run(golden_check_jar, tampered)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "FAIL pq.refine_ip.I" in proc.stdout and "FAIL pq.sq8.codes" in proc.stdout, proc.stdout[-3000:]
+    assert "2 failed" in proc.stdout, proc.stdout[-3000:]
 
 
 def _check_fails_on_another_face_choice(golden_check_jar: Path, tmp_path: Path) -> None:

@@ -186,8 +186,10 @@ public func weightedNms(_ det: Detections, minScore: Double, iouThreshold: Doubl
     var boxes: [Float] = [], kps: [Float] = [], scores: [Float] = []
     while let best = order.first {
         let ious = iou(det.boxes, 4 * best, det.boxes)
-        let group = order.filter { ious[$0] > iouT }
-        order = order.filter { ious[$0] <= iouT }
+        // The best box is always in its own group: a zero-area box has IoU 0 with itself and would
+        // otherwise never leave `order` (an endless loop).
+        let group = order.filter { $0 == best || ious[$0] > iouT }
+        order = order.filter { $0 != best && ious[$0] <= iouT }
         if algorithm == .weighted {
             var wsum = 0.0
             var b = [Double](repeating: 0, count: 4), p = [Double](repeating: 0, count: 2 * k)

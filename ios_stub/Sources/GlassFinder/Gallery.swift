@@ -3,6 +3,8 @@
 // -1 / -inf (IP) / +inf (L2) padding when k > n; ties go to the lower gallery position.
 // Accelerate (vDSP) computes the lookup tables where available; the sums over sub-quantizers stay
 // in plain Float, in sub-quantizer order, as in Python (that order decides exact ties).
+// Refine(SQ8): the top max(k, shortlist) ADC rows are re-scored with per-dimension int8 codes
+// (xHat_ij = scale_j * code_ij, unrotated space) and the best k of them are returned.
 import Foundation
 #if canImport(Accelerate)
 import Accelerate
@@ -10,19 +12,30 @@ import Accelerate
 
 public enum Metric: Int { case ip = 0, l2 = 1 }
 
-/// gallery.PQSpec
-public struct PQSpec: CustomStringConvertible, Equatable {
-    public let M: Int, nbits: Int, metric: Metric, opq: Bool
+/// gallery.REFINE_KINDS, SQ8_MAX, DEFAULT_SHORTLIST
+public let refineKinds = ["SQ8"]
+public let sq8Max = 127
+public let defaultShortlist = 64
 
-    public init(M: Int, nbits: Int, metric: Metric, opq: Bool = false) throws {
+/// gallery.PQSpec (refine: nil or "SQ8")
+public struct PQSpec: CustomStringConvertible, Equatable {
+    public let M: Int, nbits: Int, metric: Metric, opq: Bool, refine: String?
+
+    public init(M: Int, nbits: Int, metric: Metric, opq: Bool = false, refine: String? = nil) throws {
         guard M >= 1 else { throw GlassfinderError.gallery("PQ spec needs M >= 1 sub-quantizers, got M=\(M)") }
         guard (4...8).contains(nbits) else { throw GlassfinderError.gallery("PQ spec nbits=\(nbits) is not supported: nbits must be in 4..8") }
-        self.M = M; self.nbits = nbits; self.metric = metric; self.opq = opq
+        if let r = refine, !refineKinds.contains(r) { throw GlassfinderError.gallery("PQ spec refine kind '\(r)' is not supported: use Refine(SQ8) or no refine") }
+        self.M = M; self.nbits = nbits; self.metric = metric; self.opq = opq; self.refine = refine
     }
 
     public var ksub: Int { 1 << nbits }
+    /// PQ code bytes per vector (the manifest's code_size).
     public var codeSize: Int { M }
-    public var description: String { (opq ? "OPQ\(M)," : "") + "PQ\(M)x\(nbits),\(metric == .ip ? "IP" : "L2")" }
+    /// Refine code bytes per vector of dimension d (SQ8: one per dimension).
+    public func refineCodeSize(_ d: Int) -> Int { refine == "SQ8" ? d : 0 }
+    public var description: String {
+        (opq ? "OPQ\(M)," : "") + "PQ\(M)x\(nbits),\(metric == .ip ? "IP" : "L2")" + (refine.map { ",Refine(\($0))" } ?? "")
+    }
 
     public func dsub(_ d: Int) throws -> Int {
         guard d >= 1, d % M == 0 else { throw GlassfinderError.gallery("PQ spec \(self): M=\(M) must divide the vector dimension d=\(d)") }
@@ -30,11 +43,20 @@ public struct PQSpec: CustomStringConvertible, Equatable {
     }
 }
 
-/// gallery.parse_spec: "PQ16x8,IP" / "OPQ16,PQ16x8,L2" (the Python regex, spelled out).
+/// gallery.parse_spec: "PQ16x8,IP" / "OPQ16,PQ16x8,IP,Refine(SQ8)" (the Python regex, spelled out).
 public func parseSpec(_ text: String) throws -> PQSpec {
     func number(_ s: Substring) -> Int? { !s.isEmpty && s.allSatisfy({ $0.isASCII && $0.isNumber }) ? Int(s) : nil }
-    let bad = GlassfinderError.gallery("PQ spec '\(text)' is invalid: write it as PQ<M>x<nbits>,<metric>, e.g. 'PQ16x8,IP'")
-    let parts = text.trimmingCharacters(in: .whitespaces).split(separator: ",", omittingEmptySubsequences: false)
+    let bad = GlassfinderError.gallery("PQ spec '\(text)' is invalid: write it as [OPQ<M>,]PQ<M>x<nbits>,<metric>[,Refine(SQ8)], e.g. 'PQ16x8,IP'")
+    var parts = text.trimmingCharacters(in: .whitespaces).split(separator: ",", omittingEmptySubsequences: false)
+    // Optional last part "Refine(<kind>)", <kind> without parentheses (the regex's [^()]*).
+    var refine: String? = nil
+    if let last = parts.last, last.hasPrefix("Refine") {
+        guard last.hasPrefix("Refine("), last.hasSuffix(")"), last.count >= 8 else { throw bad }
+        let kind = last.dropFirst(7).dropLast()
+        guard !kind.contains("("), !kind.contains(")") else { throw bad }
+        refine = String(kind)
+        parts.removeLast()
+    }
     guard parts.count == 2 || parts.count == 3 else { throw bad }
     var opqM: Int? = nil
     if parts.count == 3 {
@@ -48,30 +70,45 @@ public func parseSpec(_ text: String) throws -> PQSpec {
     guard let metric = ["IP": Metric.ip, "L2": Metric.l2][metricText] else {
         throw GlassfinderError.gallery("PQ spec '\(text)': unknown metric '\(metricText)', use IP or L2")
     }
+    if let r = refine, !refineKinds.contains(r) {
+        throw GlassfinderError.gallery("PQ spec '\(text)': unknown refine kind '\(r)', supported: Refine(SQ8)")
+    }
     if let o = opqM, o != M { throw GlassfinderError.gallery("PQ spec '\(text)': OPQ\(o) must match the PQ's M=\(M)") }
-    return try PQSpec(M: M, nbits: nbits, metric: metric, opq: opqM != nil)
+    return try PQSpec(M: M, nbits: nbits, metric: metric, opq: opqM != nil, refine: refine)
 }
 
-/// gallery.Gallery: codebooks (M, ksub, dsub), codes (n, M), ids (n,), rotation (d, d) or nil.
+/// gallery.Gallery: codebooks (M, ksub, dsub), codes (n, M), ids (n,), rotation (d, d) or nil;
+/// with Refine(SQ8): refineScales (d,) > 0, refineCodes (n, d) in -127...127, shortlist >= 1.
 public struct Gallery {
     public let spec: PQSpec, d: Int, dsub: Int
     public let codebooks: [Float], codes: [UInt8], ids: [Int64], rotation: [Float]?
+    public let refineScales: [Float]?, refineCodes: [Int8]?, shortlist: Int
     public var n: Int { ids.count }
 
-    public init(spec: PQSpec, d: Int, codebooks: [Float], codes: [UInt8], ids: [Int64], rotation: [Float]? = nil) throws {
+    public init(spec: PQSpec, d: Int, codebooks: [Float], codes: [UInt8], ids: [Int64], rotation: [Float]? = nil,
+                refineScales: [Float]? = nil, refineCodes: [Int8]? = nil, shortlist: Int = defaultShortlist) throws {
         let dsub = try spec.dsub(d)
         guard codebooks.count == spec.M * spec.ksub * dsub else { throw GlassfinderError.gallery("codebooks must have \(spec.M * spec.ksub * dsub) values") }
         guard codes.count == ids.count * spec.M else { throw GlassfinderError.gallery("\(ids.count) ids for \(codes.count / spec.M) codes") }
         guard spec.opq == (rotation != nil), rotation.map({ $0.count == d * d }) ?? true else { throw GlassfinderError.gallery("spec \(spec) and the OPQ rotation disagree") }
         guard ids.allSatisfy({ $0 >= 0 }), Set(ids).count == ids.count else { throw GlassfinderError.gallery("ids must be unique and >= 0") }
         guard spec.nbits == 8 || codes.allSatisfy({ Int($0) < spec.ksub }) else { throw GlassfinderError.gallery("codes out of range for nbits=\(spec.nbits)") }
+        guard (spec.refine != nil) == (refineScales != nil && refineCodes != nil) else { throw GlassfinderError.gallery("spec \(spec) and the refine scales/codes disagree") }
+        if let s = refineScales, let c = refineCodes {
+            guard s.count == d, c.count == ids.count * d else { throw GlassfinderError.gallery("refine scales must be (\(d),) and codes (\(ids.count), \(d))") }
+            guard s.allSatisfy({ $0.isFinite && $0 > 0 }) else { throw GlassfinderError.gallery("refine scales must be finite and > 0") }
+            guard c.allSatisfy({ Int($0) >= -sq8Max }) else { throw GlassfinderError.gallery("refine codes out of range: SQ8 codes are -\(sq8Max)...\(sq8Max)") }
+            guard shortlist >= 1 else { throw GlassfinderError.gallery("refine shortlist must be >= 1, got \(shortlist)") }
+        }
         self.spec = spec; self.d = d; self.dsub = dsub
         self.codebooks = codebooks; self.codes = codes; self.ids = ids; self.rotation = rotation
+        self.refineScales = refineScales; self.refineCodes = refineCodes; self.shortlist = shortlist
     }
 }
 
 public let gfpqHeaderSize = 64
-public let gfpqReaderVersion = 1
+public let gfpqReaderVersion = 2
+let gfpqFlagOPQ: UInt32 = 1, gfpqFlagRefineSQ8: UInt32 = 2
 
 /// IEEE CRC-32 (zlib's), for the .gfpq checksum.
 public func crc32(_ data: [UInt8], count: Int) -> UInt32 {
@@ -86,7 +123,7 @@ public func crc32(_ data: [UInt8], count: Int) -> UInt32 {
     return crc ^ 0xFFFF_FFFF
 }
 
-/// gallery.gallery_from_bytes: parse and validate a .gfpq v1 file (little-endian).
+/// gallery.gallery_from_bytes: parse and validate a .gfpq file, version 1 or 2 (little-endian).
 public func galleryFromBytes(_ data: [UInt8]) throws -> Gallery {
     func u16(_ o: Int) -> Int { Int(data[o]) | Int(data[o + 1]) << 8 }
     func u32(_ o: Int) -> UInt32 { (0..<4).reduce(UInt32(0)) { $0 | UInt32(data[o + $1]) << (8 * UInt32($1)) } }
@@ -96,18 +133,23 @@ public func galleryFromBytes(_ data: [UInt8]) throws -> Gallery {
     guard data.count >= gfpqHeaderSize else { throw GlassfinderError.gallery("truncated header: file is \(data.count) bytes") }
     let version = u16(4), minReader = u16(6), headerSize = Int(u32(8)), d = Int(u32(12)), M = Int(u32(16))
     let nbits = Int(u32(20)), metricCode = Int(u32(24)), flags = u32(28), n64 = u64(32)
+    let shortlist = Int(u32(40))  // version 2, refine only (reserved bytes in version 1)
     guard minReader <= gfpqReaderVersion else { throw GlassfinderError.gallery("unsupported version: file version \(version) needs a reader of version >= \(minReader)") }
     guard headerSize == gfpqHeaderSize else { throw GlassfinderError.gallery("header size \(headerSize) is not \(gfpqHeaderSize)") }
-    guard flags & ~UInt32(1) == 0 else { throw GlassfinderError.gallery("unknown header flags \(flags)") }
+    guard flags & ~(gfpqFlagOPQ | gfpqFlagRefineSQ8) == 0 else { throw GlassfinderError.gallery("unknown header flags \(flags)") }
     guard let metric = Metric(rawValue: metricCode) else { throw GlassfinderError.gallery("unknown metric code \(metricCode) in the header (0 = IP, 1 = L2)") }
-    let spec = try PQSpec(M: M, nbits: nbits, metric: metric, opq: flags & 1 != 0)
+    let refine: String? = flags & gfpqFlagRefineSQ8 != 0 ? "SQ8" : nil
+    guard refine == nil || shortlist >= 1 else { throw GlassfinderError.gallery("refine shortlist \(shortlist) in the header is invalid: it must be >= 1") }
+    let spec = try PQSpec(M: M, nbits: nbits, metric: metric, opq: flags & gfpqFlagOPQ != 0, refine: refine)
     let dsub = try spec.dsub(d)
-    guard n64 < UInt64(Int32.max) / 8 else { throw GlassfinderError.gallery("n=\(n64) is too large for this reader") }
+    guard n64 < UInt64(Int32.max) / UInt64(max(8, M + spec.refineCodeSize(d))) else { throw GlassfinderError.gallery("n=\(n64) is too large for this reader") }
     let n = Int(n64)
     let cbBytes = M * spec.ksub * dsub * 4, rotBytes = spec.opq ? d * d * 4 : 0
     let codesOffset = gfpqHeaderSize + cbBytes + rotBytes, afterCodes = codesOffset + n * M
     let idsOffset = afterCodes + (8 - afterCodes % 8) % 8  // ids are 8-byte aligned
-    let expected = idsOffset + n * 8 + 4
+    let scalesOffset = idsOffset + n * 8  // version 2: refine scales (d,) f32, then codes (n, d) i8
+    let refineOffset = scalesOffset + (refine != nil ? d * 4 : 0)
+    let expected = refineOffset + n * spec.refineCodeSize(d) + 4
     guard data.count >= expected else { throw GlassfinderError.gallery("truncated: file is \(data.count) bytes, the header (d=\(d), \(spec), n=\(n)) needs \(expected)") }
     guard data.count == expected else { throw GlassfinderError.gallery("\(data.count - expected) unexpected trailing bytes after the checksum") }
     let stored = u32(expected - 4), actual = crc32(data, count: expected - 4)
@@ -117,7 +159,10 @@ public func galleryFromBytes(_ data: [UInt8]) throws -> Gallery {
                        codebooks: (0..<(M * spec.ksub * dsub)).map { f32(gfpqHeaderSize + 4 * $0) },
                        codes: Array(data[codesOffset..<afterCodes]),
                        ids: (0..<n).map { Int64(bitPattern: u64(idsOffset + 8 * $0)) },
-                       rotation: spec.opq ? (0..<(d * d)).map { f32(gfpqHeaderSize + cbBytes + 4 * $0) } : nil)
+                       rotation: spec.opq ? (0..<(d * d)).map { f32(gfpqHeaderSize + cbBytes + 4 * $0) } : nil,
+                       refineScales: refine != nil ? (0..<d).map { f32(scalesOffset + 4 * $0) } : nil,
+                       refineCodes: refine != nil ? data[refineOffset..<(refineOffset + n * d)].map { Int8(bitPattern: $0) } : nil,
+                       shortlist: refine != nil ? shortlist : defaultShortlist)
 }
 
 /// x (n, d) times rotation.T (OPQ), Float.
@@ -166,6 +211,13 @@ public func encode(codebooks: [Float], M: Int, ksub: Int, x: [Float], rotation: 
     return codes
 }
 
+/// gallery.sq8_encode: (n, d) codes clip(round(x / scale), -127, 127), Float division, rounding half
+/// to even (numpy's round). One-shot enrollment with the gallery's scales.
+public func sq8Encode(scales: [Float], x: [Float]) -> [Int8] {
+    let d = scales.count, lim = Float(sq8Max)
+    return x.indices.map { i in Int8(min(lim, max(-lim, (x[i] / scales[i % d]).rounded(.toNearestOrEven)))) }
+}
+
 /// gallery._lookup_tables: (nq, M, ksub) scores, HIGHER IS BETTER: IP <xq_m, c>; L2 -||xq_m - c||^2.
 public func lookupTables(_ g: Gallery, _ xq: [Float]) -> [Float] {
     let M = g.spec.M, ksub = g.spec.ksub, dsub = g.dsub, nq = xq.count / g.d
@@ -203,9 +255,27 @@ public func pqSearch(_ g: Gallery, _ xq: [Float], k: Int) throws -> PqResult {
             for m in 1..<M { s += lut[base + m * ksub + Int(g.codes[i * M + m])] }
             scores[i] = s
         }
-        for (r, pos) in topK(scores, min(k, g.n)).enumerated() {
-            D[q * k + r] = isIP ? scores[pos] : -scores[pos]
-            I[q * k + r] = g.ids[pos]
+        guard let scales = g.refineScales, let sq8 = g.refineCodes else {
+            for (r, pos) in topK(scores, min(k, g.n)).enumerated() {
+                D[q * k + r] = isIP ? scores[pos] : -scores[pos]
+                I[q * k + r] = g.ids[pos]
+            }
+            continue
+        }
+        // Refine: the shortlist in gallery order (refined ties go to the lower position), re-scored
+        // against the UNROTATED query with xHat_j = scale_j * code_j (Float, dimension order).
+        let rows = topK(scores, min(g.n, max(k, g.shortlist))).sorted()
+        let refined: [Float] = rows.map { row in
+            var s: Float = 0
+            for j in 0..<g.d {
+                let xHat = scales[j] * Float(sq8[row * g.d + j]), qj = xq[q * g.d + j]
+                s += isIP ? qj * xHat : (qj - xHat) * (qj - xHat)
+            }
+            return isIP ? s : -s  // higher is better, as in the ADC tables
+        }
+        for (r, i) in topK(refined, min(k, rows.count)).enumerated() {
+            D[q * k + r] = isIP ? refined[i] : -refined[i]
+            I[q * k + r] = g.ids[rows[i]]
         }
     }
     return PqResult(D: D, I: I, k: k)

@@ -21,6 +21,9 @@ let GATE_TOL = 1e-6
 let L2_TOL = 1e-6
 /// Lookup tables and distances: vDSP's dot products sum in another order than numpy's einsum.
 let PQ_TOL = 1e-5
+/// Refine(SQ8) re-ranked scores: Float sums of d = 16 products scale * code * q (numpy sums in
+/// another order); absolute, the scores are below 10.
+let REFINE_TOL = 1e-5
 /// Mean pixel of each aligner crop in findFace: the crops are byte-identical, so the means are equal.
 let CROP_MEAN_TOL = 0.0
 
@@ -259,6 +262,49 @@ final class GoldenTests: XCTestCase {
         XCTAssertEqual(file.codes, codes)
         XCTAssertEqual(file.ids, ids)
         bytes[gfpqHeaderSize + 5] &+= 1  // a corrupted codebook byte must be caught by the CRC32
+        XCTAssertThrowsError(try galleryFromBytes(bytes)) { XCTAssertTrue("\($0)".contains("checksum")) }
+        try checkPQRefine()
+    }
+
+    /// Refine(SQ8): part of testPQ (not a test of its own, so XCTest runs it once per pass).
+    func checkPQRefine() throws {
+        let codebooks = try g["pq.codebooks"].floats(), ids = try g["pq.ids"].int64s()
+        let codes = try g["pq.refine.codes"].bytes(), scales = try g["pq.refine.scales"].floats()
+        let sq8 = try g["pq.refine.sq8"].int64s().map { Int8($0) }  // signed: bytes() reads UInt8
+        let xq = try g["pq.refine.queries"].floats(), k = try g["pq.refine.k"].ints()[0]
+        let shortlist = try g["pq.refine.shortlist"].ints()[0], d = try g["pq.refine.queries"].shape[1]
+        assertExact(try g["pq.refine.sq8"].int64s(), sq8Encode(scales: scales, x: try g["pq.refine.x"].floats()).map { Int64($0) }, "pq.refine.sq8")
+        assertExact(try g["pq.sq8.codes"].int64s(),
+                    sq8Encode(scales: try g["pq.sq8.scales"].floats(), x: try g["pq.sq8.x"].floats()).map { Int64($0) }, "pq.sq8.codes")
+        for tag in ["ip", "l2", "opq_ip"] {
+            let text = try g.text("pq.refine_\(tag).spec")
+            let spec = try parseSpec(text)
+            XCTAssertEqual(spec.description, text, "refine spec round trip")
+            XCTAssertEqual(spec.refine, "SQ8")
+            let rotation: [Float]? = try spec.opq ? g["pq.opq_ip.rotation"].floats() : nil
+            let gal = try Gallery(spec: spec, d: d, codebooks: codebooks, codes: codes, ids: ids, rotation: rotation,
+                                  refineScales: scales, refineCodes: sq8, shortlist: shortlist)
+            let res = try pqSearch(gal, xq, k: k)
+            assertClose(try g["pq.refine_\(tag).D"].doubles(), res.D, REFINE_TOL, "pq.refine_\(tag).D")
+            assertExact(try g["pq.refine_\(tag).I"].int64s(), res.I, "pq.refine_\(tag).I")
+        }
+        let M = try g["pq.codebooks"].shape[0]
+        let small = try Gallery(spec: try parseSpec("PQ4x4,IP,Refine(SQ8)"), d: d, codebooks: codebooks, codes: Array(codes[0..<(3 * M)]),
+                                ids: Array(ids[0..<3]), refineScales: scales, refineCodes: Array(sq8[0..<(3 * d)]), shortlist: shortlist)
+        let smallRes = try pqSearch(small, xq, k: try g["pq.refine_small.I"].shape[1])
+        assertClose(try g["pq.refine_small.D"].doubles(), smallRes.D, REFINE_TOL, "pq.refine_small.D")
+        assertExact(try g["pq.refine_small.I"].int64s(), smallRes.I, "pq.refine_small.I")
+        // The version-2 file: header, refine section, and the same search as from the arrays.
+        var bytes = try g["pq.refine.gfpq_bytes"].bytes()
+        let file = try galleryFromBytes(bytes)
+        XCTAssertEqual(file.spec.description, "OPQ4,PQ4x4,IP,Refine(SQ8)")
+        XCTAssertEqual(file.shortlist, shortlist)
+        XCTAssertEqual(file.refineScales ?? [], scales)
+        XCTAssertEqual(file.refineCodes ?? [], sq8)
+        XCTAssertEqual(file.ids, ids)
+        assertExact(try g["pq.refine_opq_ip.I"].int64s(), try pqSearch(file, xq, k: k).I, "pq.refine.gfpq search")
+        XCTAssertThrowsError(try galleryFromBytes(Array(bytes[0..<(bytes.count - 5)]))) { XCTAssertTrue("\($0)".contains("truncated")) }
+        bytes[bytes.count - 10] &+= 1  // a corrupted refine code must be caught by the CRC32
         XCTAssertThrowsError(try galleryFromBytes(bytes)) { XCTAssertTrue("\($0)".contains("checksum")) }
     }
 

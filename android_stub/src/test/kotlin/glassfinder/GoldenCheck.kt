@@ -39,6 +39,9 @@ const val GATE_TOL = 1e-6
 const val L2_TOL = 1e-6
 /** PQ lookup tables and distances (float32 sums; numpy's einsum order differs). */
 const val PQ_TOL = 1e-5
+/** Refine(SQ8) re-ranked scores: float32 sums of d = 16 products scale * code * q (numpy's einsum
+ * sums in another order); absolute, the scores are below 10. */
+const val REFINE_TOL = 1e-5
 /** Mean pixel of each aligner crop in findFace: the crops are byte-identical, so the means are equal. */
 const val CROP_MEAN_TOL = 0.0
 
@@ -383,6 +386,57 @@ fun checkPq(g: Golden, c: Checker) {
     bad[GFPQ_HEADER_SIZE + 5] = (bad[GFPQ_HEADER_SIZE + 5] + 1).toByte()
     val caught = try { galleryFromBytes(bad); false } catch (e: GalleryException) { e.message!!.contains("checksum") }
     c.check("pq", "pq.gfpq corrupted", caught, "a modified codebook byte was not refused")
+    checkPqRefine(g, c)
+}
+
+/** SQ8 int8 codes as signed integers (Checker.ints reads a ByteArray as unsigned PQ codes). */
+fun signed(b: ByteArray): LongArray = LongArray(b.size) { b[it].toLong() }
+
+fun checkPqRefine(g: Golden, c: Checker) {
+    val codebooks = g["pq.codebooks"].floats()
+    val ids = g["pq.ids"].longs()
+    val codes = g["pq.refine.codes"].bytes()
+    val scales = g["pq.refine.scales"].floats()
+    val sq8 = g["pq.refine.sq8"].bytes()
+    val xq = g["pq.refine.queries"].floats()
+    val k = g["pq.refine.k"].ints()[0]
+    val shortlist = g["pq.refine.shortlist"].ints()[0]
+    val d = g["pq.refine.queries"].shape[1]
+    // Enrollment: the gallery's own SQ8 codes from its vectors and scales, and the rounding/clipping cases.
+    c.ints("pq", "pq.refine.sq8", g["pq.refine.sq8"].longs(), signed(sq8Encode(scales, g["pq.refine.x"].floats())))
+    c.ints("pq", "pq.sq8.codes", g["pq.sq8.codes"].longs(), signed(sq8Encode(g["pq.sq8.scales"].floats(), g["pq.sq8.x"].floats())))
+    for (tag in listOf("ip", "l2", "opq_ip")) {
+        val text = g.text("pq.refine_$tag.spec")
+        val spec = parseSpec(text)
+        c.check("pq", "pq.refine_$tag.spec round trip", spec.toString() == text && spec.refine == "SQ8", "parseSpec('$text') -> '$spec'")
+        val rotation = if (spec.opq) g["pq.opq_ip.rotation"].floats() else null
+        val gal = Gallery(spec, d, codebooks, codes, ids, rotation, scales, sq8, shortlist)
+        val res = pqSearch(gal, xq, k)
+        c.floats("pq", "pq.refine_$tag.D", g["pq.refine_$tag.D"].doubles(), res.D, REFINE_TOL)
+        c.ints("pq", "pq.refine_$tag.I", g["pq.refine_$tag.I"].longs(), res.I)
+    }
+    val M = g["pq.codebooks"].shape[0]
+    val small = Gallery(parseSpec("PQ4x4,IP,Refine(SQ8)"), d, codebooks, codes.copyOfRange(0, 3 * M), ids.copyOfRange(0, 3),
+        null, scales, sq8.copyOfRange(0, 3 * d), shortlist)
+    val smallRes = pqSearch(small, xq, g["pq.refine_small.I"].shape[1])
+    c.floats("pq", "pq.refine_small.D", g["pq.refine_small.D"].doubles(), smallRes.D, REFINE_TOL)
+    c.ints("pq", "pq.refine_small.I", g["pq.refine_small.I"].longs(), smallRes.I)
+    // The version-2 file: header, refine section, and the same search as from the arrays.
+    val bytes = g["pq.refine.gfpq_bytes"].bytes()
+    val fromFile = galleryFromBytes(bytes)
+    c.check("pq", "pq.refine.gfpq header", fromFile.spec.toString() == "OPQ4,PQ4x4,IP,Refine(SQ8)" && fromFile.d == d &&
+        fromFile.shortlist == shortlist, "read ${fromFile.spec} d=${fromFile.d} shortlist=${fromFile.shortlist}")
+    c.floats("pq", "pq.refine.gfpq scales", g["pq.refine.scales"].doubles(), fromFile.refineScales ?: FloatArray(0), 0.0)
+    c.ints("pq", "pq.refine.gfpq sq8", g["pq.refine.sq8"].longs(), signed(fromFile.refineCodes ?: ByteArray(0)))
+    c.ints("pq", "pq.refine.gfpq ids", ids, fromFile.ids)
+    c.ints("pq", "pq.refine.gfpq search", g["pq.refine_opq_ip.I"].longs(), pqSearch(fromFile, xq, k).I)
+    // A corrupted refine code and a cut-off file are refused.
+    val bad = bytes.copyOf()
+    bad[bytes.size - 10] = (bad[bytes.size - 10] + 1).toByte()
+    val badCrc = try { galleryFromBytes(bad); false } catch (e: GalleryException) { e.message!!.contains("checksum") }
+    c.check("pq", "pq.refine.gfpq corrupted", badCrc, "a modified refine code byte was not refused")
+    val cut = try { galleryFromBytes(bytes.copyOf(bytes.size - 5)); false } catch (e: GalleryException) { e.message!!.contains("truncated") }
+    c.check("pq", "pq.refine.gfpq truncated", cut, "a file missing its last refine bytes was not refused")
 }
 
 fun checkManifest(g: Golden, c: Checker) {

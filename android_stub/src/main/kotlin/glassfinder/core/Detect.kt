@@ -234,8 +234,10 @@ fun weightedNms(det: Detections, minScore: Double, iouThreshold: Double, algorit
     while (order.isNotEmpty()) {
         val best = order[0]
         val ious = iou(det.boxes, 4 * best, det.boxes)
-        val group = order.filter { ious[it] > iouT }
-        order = order.filter { ious[it] <= iouT }
+        // The best box is always in its own group: a zero-area box has IoU 0 with itself and would
+        // otherwise never leave `order` (an endless loop).
+        val group = order.filter { it == best || ious[it] > iouT }
+        order = order.filter { it != best && ious[it] <= iouT }
         if (algorithm == NmsAlgorithm.WEIGHTED) {
             var wsum = 0.0
             val b = DoubleArray(4)

@@ -4,6 +4,8 @@
 // Search contract (faiss's): D (nq, k) float32, I (nq, k) int64 ids, best first; IP: D is the
 // inner product, descending; L2: D is the squared distance, ascending; -1 / -inf (IP) / +inf (L2)
 // pad rows when k > n; ties go to the lower gallery position.
+// Refine(SQ8): the top max(k, shortlist) ADC rows are re-scored with per-dimension int8 codes
+// (x_hat_ij = scale_j * code_ij, unrotated space) and the best k of them are returned.
 package glassfinder.core
 
 import java.nio.ByteBuffer
@@ -13,41 +15,59 @@ import java.util.zip.CRC32
 /** gallery.Metric; `code` is the number stored in the file (faiss's MetricType). */
 enum class Metric(val code: Int) { IP(0), L2(1) }
 
-/** gallery.PQSpec: M sub-quantizers of 2^nbits centroids, the metric, and an optional OPQ rotation. */
-class PQSpec(val M: Int, val nbits: Int, val metric: Metric, val opq: Boolean = false) {
+/** gallery.REFINE_KINDS: refine codes this reader knows ("SQ8": one int8 per dimension). */
+val REFINE_KINDS = listOf("SQ8")
+/** gallery.SQ8_MAX: SQ8 codes are -127..127. */
+const val SQ8_MAX = 127
+/** gallery.DEFAULT_SHORTLIST: ADC rows re-ranked by the refine stage when nothing else is given. */
+const val DEFAULT_SHORTLIST = 64
+
+/** gallery.PQSpec: M sub-quantizers of 2^nbits centroids, the metric, an optional OPQ rotation,
+ * and an optional refine stage ("SQ8"). */
+class PQSpec(val M: Int, val nbits: Int, val metric: Metric, val opq: Boolean = false, val refine: String? = null) {
     init {
         if (M < 1) throw GalleryException("PQ spec needs M >= 1 sub-quantizers, got M=$M")
         if (nbits < 4 || nbits > 8) throw GalleryException("PQ spec nbits=$nbits is not supported: nbits must be in 4..8")
+        if (refine != null && refine !in REFINE_KINDS) throw GalleryException("PQ spec refine kind '$refine' is not supported: use Refine(SQ8) or no refine")
     }
 
     val ksub: Int get() = 1 shl nbits
+    /** PQ code bytes per vector (the manifest's code_size). */
     val codeSize: Int get() = M
+    /** Refine code bytes per vector of dimension d (SQ8: one per dimension). */
+    fun refineCodeSize(d: Int): Int = if (refine == "SQ8") d else 0
 
     fun dsub(d: Int): Int {
         if (d < 1 || d % M != 0) throw GalleryException("PQ spec $this: M=$M must divide the vector dimension d=$d")
         return d / M
     }
 
-    override fun toString(): String = (if (opq) "OPQ$M," else "") + "PQ${M}x$nbits,${metric.name}"
+    override fun toString(): String =
+        (if (opq) "OPQ$M," else "") + "PQ${M}x$nbits,${metric.name}" + (if (refine != null) ",Refine($refine)" else "")
 }
 
-private val SPEC_RE = Regex("^(?:OPQ(\\d+),)?PQ(\\d+)x(\\d+),([A-Z0-9]+)$")
+private val SPEC_RE = Regex("^(?:OPQ(\\d+),)?PQ(\\d+)x(\\d+),([A-Z0-9]+)(?:,Refine\\(([^()]*)\\))?$")
 
-/** gallery.parse_spec: "PQ16x8,IP" / "OPQ16,PQ16x8,L2" -> PQSpec; parseSpec(s).toString() == s. */
+/** gallery.parse_spec: "PQ16x8,IP" / "OPQ16,PQ16x8,IP,Refine(SQ8)" -> PQSpec; parseSpec(s).toString() == s. */
 fun parseSpec(text: String): PQSpec {
     val m = SPEC_RE.matchEntire(text.trim())
-        ?: throw GalleryException("PQ spec '$text' is invalid: write it as PQ<M>x<nbits>,<metric>, e.g. 'PQ16x8,IP'")
+        ?: throw GalleryException("PQ spec '$text' is invalid: write it as [OPQ<M>,]PQ<M>x<nbits>,<metric>[,Refine(SQ8)], e.g. 'PQ16x8,IP'")
+    // An absent optional group is "" in groupValues; "Refine()" is present but empty (rejected below).
+    val refine = if (m.groups[5] != null) m.groupValues[5] else null
+    if (refine != null && refine !in REFINE_KINDS) throw GalleryException("PQ spec '$text': unknown refine kind '$refine', supported: Refine(SQ8)")
     val opqM = m.groupValues[1]
     val M = m.groupValues[2].toInt()
     val metric = Metric.values().firstOrNull { it.name == m.groupValues[4] }
         ?: throw GalleryException("PQ spec '$text': unknown metric '${m.groupValues[4]}', use IP or L2")
     if (opqM.isNotEmpty() && opqM.toInt() != M) throw GalleryException("PQ spec '$text': OPQ$opqM must match the PQ's M=$M")
-    return PQSpec(M, m.groupValues[3].toInt(), metric, opqM.isNotEmpty())
+    return PQSpec(M, m.groupValues[3].toInt(), metric, opqM.isNotEmpty(), refine)
 }
 
-/** gallery.Gallery: codebooks (M, ksub, dsub) float32, codes (n, M) bytes, ids (n,), rotation (d, d) or null. */
+/** gallery.Gallery: codebooks (M, ksub, dsub) float32, codes (n, M) bytes, ids (n,), rotation (d, d) or null;
+ * with Refine(SQ8): refineScales (d,) > 0 and refineCodes (n, d) int8 (-127..127), `shortlist` >= 1. */
 class Gallery(val spec: PQSpec, val d: Int, val codebooks: FloatArray, val codes: ByteArray, val ids: LongArray,
-              val rotation: FloatArray? = null) {
+              val rotation: FloatArray? = null, val refineScales: FloatArray? = null, val refineCodes: ByteArray? = null,
+              val shortlist: Int = DEFAULT_SHORTLIST) {
     val n: Int get() = ids.size
     val dsub: Int = spec.dsub(d)
 
@@ -61,6 +81,16 @@ class Gallery(val spec: PQSpec, val d: Int, val codebooks: FloatArray, val codes
         if (spec.nbits < 8 && codes.any { (it.toInt() and 0xFF) >= spec.ksub }) {
             throw GalleryException("codes out of range for nbits=${spec.nbits}")
         }
+        if ((spec.refine != null) != (refineScales != null && refineCodes != null)) {
+            throw GalleryException("spec $spec and the refine scales/codes disagree")
+        }
+        if (refineScales != null && refineCodes != null) {
+            if (refineScales.size != d) throw GalleryException("refine scales must have $d values")
+            if (refineCodes.size != n * d) throw GalleryException("refine codes must be ($n, $d)")
+            if (refineScales.any { !(it > 0f) || it.isInfinite() }) throw GalleryException("refine scales must be finite and > 0")
+            if (refineCodes.any { it < -SQ8_MAX }) throw GalleryException("refine codes out of range: SQ8 codes are -$SQ8_MAX..$SQ8_MAX")
+            if (shortlist < 1) throw GalleryException("refine shortlist must be >= 1, got $shortlist")
+        }
     }
 
     /** Sub-code m of row i, 0..ksub-1. */
@@ -68,10 +98,11 @@ class Gallery(val spec: PQSpec, val d: Int, val codebooks: FloatArray, val codes
 }
 
 const val GFPQ_HEADER_SIZE = 64
-const val GFPQ_READER_VERSION = 1
+const val GFPQ_READER_VERSION = 2
 private const val FLAG_OPQ = 1
+private const val FLAG_REFINE_SQ8 = 2
 
-/** gallery.gallery_from_bytes: parse and validate a .gfpq v1 file (little-endian). */
+/** gallery.gallery_from_bytes: parse and validate a .gfpq file, version 1 or 2 (little-endian). */
 fun galleryFromBytes(data: ByteArray): Gallery {
     if (data.size < 4 || String(data, 0, 4, Charsets.ISO_8859_1) != "GFPQ") {
         throw GalleryException("bad magic: not a glassfinder PQ gallery (expected 'GFPQ')")
@@ -88,14 +119,17 @@ fun galleryFromBytes(data: ByteArray): Gallery {
     val metricCode = bb.getInt(24)
     val flags = bb.getInt(28)
     val n = bb.getLong(32)
+    val shortlist = bb.getInt(40)  // version 2, refine only (reserved bytes in version 1)
     if (minReader > GFPQ_READER_VERSION) throw GalleryException("unsupported version: file version $version needs a reader of version >= $minReader")
     if (headerSize != GFPQ_HEADER_SIZE) throw GalleryException("header size $headerSize is not $GFPQ_HEADER_SIZE")
-    if (flags and FLAG_OPQ.inv() != 0) throw GalleryException("unknown header flags 0x${Integer.toHexString(flags)}")
+    if (flags and (FLAG_OPQ or FLAG_REFINE_SQ8).inv() != 0) throw GalleryException("unknown header flags 0x${Integer.toHexString(flags)}")
     val metric = Metric.values().firstOrNull { it.code == metricCode }
         ?: throw GalleryException("unknown metric code $metricCode in the header (0 = IP, 1 = L2)")
-    val spec = PQSpec(M, nbits, metric, flags and FLAG_OPQ != 0)
+    val refine = if (flags and FLAG_REFINE_SQ8 != 0) "SQ8" else null
+    if (refine != null && shortlist < 1) throw GalleryException("refine shortlist $shortlist in the header is invalid: it must be >= 1")
+    val spec = PQSpec(M, nbits, metric, flags and FLAG_OPQ != 0, refine)
     val dsub = spec.dsub(d)
-    if (n < 0 || n > Int.MAX_VALUE / maxOf(M, 8)) throw GalleryException("n=$n is too large for this reader")
+    if (n < 0 || n > Int.MAX_VALUE / maxOf(M + spec.refineCodeSize(d), 8)) throw GalleryException("n=$n is too large for this reader")
     val ni = n.toInt()
     val cbBytes = M * spec.ksub * dsub * 4
     val rotBytes = if (spec.opq) d * d * 4 else 0
@@ -103,7 +137,9 @@ fun galleryFromBytes(data: ByteArray): Gallery {
     val afterCodes = codesOffset + ni * M
     val pad = Math.floorMod(-afterCodes, 8)  // ids are 8-byte aligned
     val idsOffset = afterCodes + pad
-    val expected = idsOffset + ni * 8 + 4
+    val scalesOffset = idsOffset + ni * 8  // version 2: refine scales (d,) f32, then codes (n, d) i8
+    val refineOffset = scalesOffset + (if (refine != null) d * 4 else 0)
+    val expected = refineOffset + ni * spec.refineCodeSize(d) + 4
     if (data.size < expected) throw GalleryException("truncated: file is ${data.size} bytes, the header (d=$d, $spec, n=$n) needs $expected")
     if (data.size > expected) throw GalleryException("${data.size - expected} unexpected trailing bytes after the checksum")
     val crc = CRC32()
@@ -115,7 +151,10 @@ fun galleryFromBytes(data: ByteArray): Gallery {
     val rotation = if (spec.opq) FloatArray(d * d) { bb.getFloat(GFPQ_HEADER_SIZE + cbBytes + 4 * it) } else null
     val codes = data.copyOfRange(codesOffset, afterCodes)
     val ids = LongArray(ni) { bb.getLong(idsOffset + 8 * it) }
-    return Gallery(spec, d, codebooks, codes, ids, rotation)
+    val refineScales = if (refine != null) FloatArray(d) { bb.getFloat(scalesOffset + 4 * it) } else null
+    val refineCodes = if (refine != null) data.copyOfRange(refineOffset, refineOffset + ni * d) else null
+    return Gallery(spec, d, codebooks, codes, ids, rotation, refineScales, refineCodes,
+                   if (refine != null) shortlist else DEFAULT_SHORTLIST)
 }
 
 /** x (n, d) @ rotation.T, float32 (OPQ). */
@@ -159,6 +198,16 @@ fun encode(codebooks: FloatArray, M: Int, ksub: Int, x: FloatArray, rotation: Fl
         }
     }
     return codes
+}
+
+/** gallery.sq8_encode: (n, d) int8 codes clip(round(x / scale), -127, 127), rounding half to even
+ * (Math.rint, as numpy's round); the division is float32, as in numpy. One-shot enrollment. */
+fun sq8Encode(scales: FloatArray, x: FloatArray): ByteArray {
+    val d = scales.size
+    return ByteArray(x.size) { i ->
+        val r = Math.rint((x[i] / scales[i % d]).toDouble())
+        maxOf(-SQ8_MAX.toDouble(), minOf(SQ8_MAX.toDouble(), r)).toInt().toByte()
+    }
 }
 
 /** gallery._lookup_tables: (nq, M, ksub) float32 scores per sub-code, HIGHER IS BETTER for both
@@ -206,6 +255,8 @@ fun pqSearch(g: Gallery, xq: FloatArray, k: Int): PqResult {
     val D = FloatArray(nq * k) { if (ip) Float.NEGATIVE_INFINITY else Float.POSITIVE_INFINITY }
     val I = LongArray(nq * k) { -1L }
     val scores = FloatArray(g.n)
+    val refineScales = g.refineScales
+    val refineCodes = g.refineCodes
     for (q in 0 until nq) {
         val base = q * M * ksub
         // Scores: sum of the table entries of each sub-code, in sub-quantizer order (float32).
@@ -214,10 +265,31 @@ fun pqSearch(g: Gallery, xq: FloatArray, k: Int): PqResult {
             for (m in 1 until M) s += lut[base + m * ksub + g.code(i, m)]
             scores[i] = s
         }
-        val top = topK(scores, minOf(k, g.n))
-        for ((r, pos) in top.withIndex()) {
-            D[q * k + r] = if (ip) scores[pos] else -scores[pos]
-            I[q * k + r] = g.ids[pos]
+        if (refineScales == null || refineCodes == null) {
+            val top = topK(scores, minOf(k, g.n))
+            for ((r, pos) in top.withIndex()) {
+                D[q * k + r] = if (ip) scores[pos] else -scores[pos]
+                I[q * k + r] = g.ids[pos]
+            }
+            continue
+        }
+        // Refine: the shortlist in gallery order (so refined ties go to the lower position), re-scored
+        // against the UNROTATED query with x_hat_j = scale_j * code_j (float32, dimension order).
+        val rows = topK(scores, minOf(g.n, maxOf(k, g.shortlist)))
+        rows.sort()
+        val refined = FloatArray(rows.size) { r ->
+            val base = rows[r] * g.d
+            var s = 0f
+            for (j in 0 until g.d) {
+                val xHat = refineScales[j] * refineCodes[base + j].toFloat()
+                val qj = xq[q * g.d + j]
+                s += if (ip) qj * xHat else (qj - xHat) * (qj - xHat)
+            }
+            if (ip) s else -s  // higher is better, as in the ADC tables
+        }
+        for ((r, i) in topK(refined, minOf(k, rows.size)).withIndex()) {
+            D[q * k + r] = if (ip) refined[i] else -refined[i]
+            I[q * k + r] = g.ids[rows[i]]
         }
     }
     return PqResult(D, I, k)

@@ -1,0 +1,41 @@
+"""`glassfinder eval` on a tiny protocol: the float report, and with --bundle the bundle's variants."""
+import json
+from pathlib import Path
+
+import pytest
+
+from glassfinder.cli import main
+from glassfinder.evaluation import EvalConfig, evaluate
+from glassfinder_runtime.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "tests" / "fixtures" / "tiny_bundle"
+# The tiny bundle enrolled the first 24 gallery SKUs of catalog seed 0 (scripts/make_tiny_bundle.py).
+SMALL = ["--n-gallery", "24", "--renders-per-sku", "2", "--gallery-faces", "8", "--n-queries", "6",
+         "--n-negatives", "4", "--quiet"]
+
+
+def test_eval_with_bundle_reports_every_variant_and_the_drop(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", *SMALL, "--bundle", str(TINY), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["queries"] == 6 and report["gallery_skus"] == 24 and report["negatives"] == 4
+    variants = report["variants"]
+    assert set(variants) == {"torch_float+exact", "bundle_models+exact", "bundle_models+bundle_gallery"}
+    for v in variants.values():
+        assert 0.0 <= v["top1"] <= v["top5"] <= v["top10"] <= 1.0
+        assert 0.0 <= v["gate_tpr"] <= 1.0 and 0.0 <= v["gate_fpr"] <= 1.0
+        refused = v["refused_no_face"] + v["refused_no_glasses"]
+        assert refused == round((1 - v["gate_tpr"]) * 6)  # every query is either searched or refused
+    assert variants["torch_float+exact"]["top1"] == report["top1"]
+    shipped = variants["bundle_models+bundle_gallery"]
+    assert report["top1_drop_points"] == pytest.approx(100 * (report["top1"] - shipped["top1"]), abs=0.01)
+    assert report["gallery_spec"] and report["bundle"] == str(TINY)
+    printed = capsys.readouterr().out
+    assert "bundle_models+bundle_gallery" in printed and "top-1 drop" in printed
+
+
+def test_eval_refuses_a_bundle_of_other_skus():
+    with pytest.raises(ConfigError, match="not the benchmark"):
+        evaluate(EvalConfig(n_gallery=20, renders_per_sku=1, gallery_faces=4, n_queries=2, n_negatives=2),
+                 progress=False, bundle=str(TINY))
