@@ -73,3 +73,13 @@ def test_a_failing_candidate_never_sets_the_pace():
     measured = {Target.TFLITE_INT8.value: GOOD, Target.TFLITE_DYNAMIC_INT8.value: BAD}
     latency = {Target.TFLITE_INT8.value: 3.0, Target.TFLITE_DYNAMIC_INT8.value: 1.0, Target.TFLITE_FP16.value: 1.0}
     assert choose_shipped("aligner", measured, ParityThresholds(), latency) is Target.TFLITE_INT8
+
+
+def test_tflite_latency_is_a_positive_median_of_real_invocations():
+    from types import SimpleNamespace
+
+    from glassfinder_export.runners import tflite_latency_ms
+
+    model = SimpleNamespace(path=Path(__file__).resolve().parents[1] / "fixtures" / "tiny_embedder.tflite", outputs=(SimpleNamespace(name="embedding"),))
+    ms = tflite_latency_ms(model, repeats=5, warmup=1)
+    assert 0.0 < ms < 1000.0
