@@ -302,10 +302,6 @@ def l2_normalize(x: npt.ArrayLike, eps: float = 1e-12) -> npt.NDArray[np.float32
 # ---------------------------------------------------------------------------------------------
 
 
-def _model_fn(model: TfliteModel) -> ModelFn:
-    return model.run_pixels
-
-
 def read_sku_metadata(path: Path, n: int) -> list[dict]:
     """The bundle's SKU list: {"skus": [{"sku", "name", ...}, ...]} indexed by gallery id."""
     try:
@@ -338,7 +334,7 @@ class GlassFinder:
         self.mesh_opts: L.MeshOptions = m.aligner.mesh
         self.template = CropTemplate(width=m.aligner.template.width, height=m.aligner.template.height,
                                      points=tuple(tuple(p) for p in m.aligner.template.points))
-        self.run = runners or {role: _model_fn(TfliteModel(bundle, role, options.num_threads)) for role in ModelRole}
+        self.run = runners or {role: TfliteModel(bundle, role, options.num_threads).run_pixels for role in ModelRole}
         self.gallery = bundle.gallery
         self.skus = read_sku_metadata(bundle.path(m.gallery.sku_file), self.gallery.n)
         gate = m.gate
