@@ -138,12 +138,19 @@ class Detections:
         return (wh[:, 0] * wh[:, 1]).astype(np.float32)
 
 
+# Pillow's two-step resize: a box reduce() by an integer factor, then the antialiased bilinear resize
+# of at most this ratio. Same boxes for the detector; 0.65 -> 0.14 ms for a 384-px photo and
+# 16 -> 5 ms for a 2,400-px one (a full-ratio bilinear resize reads every source pixel ~9 times).
+LETTERBOX_REDUCING_GAP = 1.0
+
+
 def letterbox(image: Image.Image, size: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
     """Fit an RGB image into a size x size square, centred, padded with black (BORDER_ZERO).
 
     Returns the (size, size, 3) uint8 input and the (2, 3) matrix mapping image pixels to input
     pixels (invert it with geometry.invert_affine, or use `project`). The resize is Pillow's
-    antialiased bilinear; the matrix accounts for the rounding of the resized size.
+    antialiased bilinear after a box reduction (LETTERBOX_REDUCING_GAP); the matrix accounts for
+    the rounding of the resized size.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
@@ -153,7 +160,8 @@ def letterbox(image: Image.Image, size: int) -> tuple[npt.NDArray[np.uint8], npt
     s = size / max(w, h)
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
     ox, oy = (size - nw) // 2, (size - nh) // 2
-    resized = np.asarray(image.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.uint8)
+    resized = np.asarray(image.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=LETTERBOX_REDUCING_GAP),
+                         dtype=np.uint8)
     A = np.array([[nw / w, 0.0, ox], [0.0, nh / h, oy]])
     if (nw, nh) == (size, size):  # square photo: nothing to pad
         return resized, A

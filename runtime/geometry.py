@@ -104,6 +104,23 @@ def warp_affine(image: Image.Image, A: npt.ArrayLike, size: tuple[int, int]) -> 
     return image.transform(size, Image.Transform.AFFINE, data=tuple(inv.reshape(-1)), resample=Image.Resampling.BILINEAR)
 
 
+def warp_affine_supersampled(image: Image.Image, A: npt.ArrayLike, size: tuple[int, int]) -> Image.Image:
+    """warp_affine for shrinking warps: each output pixel is the mean of 2 x 2 nearest-neighbour
+    samples at +-1/4 output pixel around its centre (Pillow's NEAREST transform at twice the size,
+    then reduce(2)); black outside.
+
+    Why: Pillow's bilinear transform costs about 20 ns a pixel (0.8 ms for a 192-px face crop), its
+    nearest one about 1.5 ns. When the warp shrinks (scale < 1) the four samples are a box filter at
+    least as good as bilinear, which skips source pixels there; enlarging warps stay bilinear."""
+    inv = invert_affine(A)
+    w, h = size
+    # Output pixel (X + 0.5) of the double-size image is point (X + 0.5) / 2 of the output: halving
+    # the linear part (exact in binary) composes the map with that scale.
+    data = (inv[0, 0] / 2, inv[0, 1] / 2, inv[0, 2], inv[1, 0] / 2, inv[1, 1] / 2, inv[1, 2])
+    big = image.transform((2 * w, 2 * h), Image.Transform.AFFINE, data=data, resample=Image.Resampling.NEAREST)
+    return big.reduce(2)
+
+
 def crop_matrix(keypoints: npt.ArrayLike, template: CropTemplate = DEFAULT_TEMPLATE) -> npt.NDArray[np.float64]:
     """(2, 3) similarity from image pixels to crop pixels, from the five (5, 2) glasses keypoints."""
     return estimate_similarity(keypoints, template.as_array())
@@ -127,18 +144,19 @@ class ReducedImages:
 
 def warp_affine_prefiltered(image: Image.Image, A: npt.ArrayLike, size: tuple[int, int],
                             reduced: ReducedImages | None = None) -> Image.Image:
-    """warp_affine that first box-reduces the source by an integer factor when A shrinks it more
-    than 2x, so that bilinear sampling does not alias (a 4000-px photo warped to a 192-px face
-    crop). The reduction is folded into the matrix; for scales >= 0.5 this is warp_affine.
+    """The pipeline's warp: a shrinking A (scale < 1) is warp_affine_supersampled, after a box
+    reduction of the source by k = floor(1 / scale) when A shrinks it 2x or more (a 4000-px photo
+    warped to a 192-px face crop), folded into the matrix; an enlarging A is warp_affine (bilinear).
 
     reduced: the reductions of this same image to reuse (ValueError if it holds another image)."""
     if reduced is not None and reduced.image is not image:
         raise ValueError("warp_affine_prefiltered: `reduced` holds the reductions of another image")
     A = np.asarray(A, dtype=np.float64)
     scale = float(np.sqrt(abs(np.linalg.det(A[:, :2]))))  # output pixels per source pixel
+    warp = warp_affine_supersampled if scale < 1.0 else warp_affine
     k = int(np.floor(1.0 / scale)) if scale > 0 else 1
     if k < 2:
-        return warp_affine(image, A, size)
+        return warp(image, A, size)
     source = reduced.reduced(k) if reduced is not None else image.reduce(k)
     # Reduced pixel i averages source pixels [i*k, (i+1)*k): continuous x_reduced = x / k.
-    return warp_affine(source, np.concatenate([A[:, :2] * k, A[:, 2:]], axis=1), size)
+    return warp(source, np.concatenate([A[:, :2] * k, A[:, 2:]], axis=1), size)

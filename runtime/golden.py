@@ -365,7 +365,8 @@ def _synthetic_image(rng: np.random.Generator, width: int, height: int) -> np.nd
 
 
 def _warp(w: GoldenWriter, rng: np.random.Generator) -> None:
-    """warp_affine (Pillow bilinear, black outside) on a small image, 3 matrices, and the prefiltered warp."""
+    """warp_affine (Pillow bilinear, black outside) on a small image, 3 matrices, and the
+    prefiltered warp of the pipeline (supersampled nearest for shrinks, box reduction first)."""
     img = _synthetic_image(rng, 20, 14)
     w.array("warp.image", img, "i64")
     out_w, out_h = 16, 12
@@ -379,13 +380,17 @@ def _warp(w: GoldenWriter, rng: np.random.Generator) -> None:
     outs = [np.asarray(geometry.warp_affine(Image.fromarray(img), A, (out_w, out_h)), dtype=np.uint8) for A in mats]
     w.array("warp.matrices", np.stack(mats), "f64")
     w.array("warp.outputs", np.stack(outs), "i64")
-    # warp_affine_prefiltered (via landmarks.crop_face): shrinks of 2x and 3x box-reduce the
-    # source first (Pillow's Image.reduce, partial blocks at the edges: 50 and 37 are not multiples).
+    # warp_affine_prefiltered (via landmarks.crop_face): shrinks are supersampled nearest warps
+    # (Pillow's fixed-point NEAREST path when rotated, its scale-only path when not); shrinks of 2x
+    # and 3x box-reduce the source first (Pillow's Image.reduce, partial blocks at the edges: 50
+    # and 37 are not multiples).
     big = _synthetic_image(rng, 50, 37)
     w.array("warp.prefiltered.image", big, "i64")
     size = 12
     pmats = [np.array([[0.45 * np.cos(0.3), 0.45 * np.sin(0.3), -2.0], [-0.45 * np.sin(0.3), 0.45 * np.cos(0.3), 3.0]]),
-             np.array([[0.3, 0.0, 0.5], [0.0, 0.3, 0.75]])]
+             np.array([[0.3, 0.0, 0.5], [0.0, 0.3, 0.75]]),
+             np.array([[0.8 * np.cos(-0.2), 0.8 * np.sin(-0.2), 1.5], [-0.8 * np.sin(-0.2), 0.8 * np.cos(-0.2), -6.25]]),
+             np.array([[0.7, 0.0, -3.0], [0.0, 0.7, 0.5]])]
     pouts = [landmarks.crop_face(Image.fromarray(big), A, size) for A in pmats]
     w.array("warp.prefiltered.size", [size], "i64")
     w.array("warp.prefiltered.matrices", np.stack(pmats), "f64")

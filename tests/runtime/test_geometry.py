@@ -12,10 +12,14 @@ from glassfinder_runtime.geometry import (
     invert_affine,
     warp_affine,
     warp_affine_prefiltered,
+    warp_affine_supersampled,
 )
 
 POINT_TOL_PX = 1e-6  # exact geometry in float64
 WARP_TOL_LEVELS = 2.0  # bilinear sampling of a smooth ramp, in 8-bit levels
+# Supersampled warp vs its float64 definition: Pillow's 16.16 fixed point may move a sample that
+# lies within 2^-16 px of a pixel edge to the neighbour; on noise that changes a few pixels.
+SUPERSAMPLE_MISMATCH_SHARE = 0.005
 
 
 def similarity(scale, angle_deg, tx, ty):
@@ -88,3 +92,45 @@ def test_reduced_images_are_made_once_and_warp_to_the_same_pixels():
     assert shared.reduced(1) is img
     with pytest.raises(ValueError, match="another image"):
         warp_affine_prefiltered(fresh, similarity(0.3, 0, 0, 0), (8, 8), shared)
+
+
+def _supersampled_reference(img: np.ndarray, A: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The definition in float64: the mean of the nearest source pixels of the 4 points at
+    +-1/4 px around each output pixel centre (black outside), rounded as Pillow's reduce(2)."""
+    w, h = size
+    inv = invert_affine(A)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    total = np.zeros((h, w, 3), np.int64)
+    for dx in (0.25, 0.75):
+        for dy in (0.25, 0.75):
+            p = apply_affine(inv, np.stack([xs + dx, ys + dy], -1).reshape(-1, 2)).reshape(h, w, 2)
+            ix, iy = np.floor(p[..., 0]).astype(int), np.floor(p[..., 1]).astype(int)
+            inside = (ix >= 0) & (ix < img.shape[1]) & (iy >= 0) & (iy < img.shape[0])
+            total += np.where(inside[..., None], img[iy.clip(0, img.shape[0] - 1), ix.clip(0, img.shape[1] - 1)], 0)
+    return ((total + 2) >> 2).astype(np.uint8)
+
+
+@pytest.mark.parametrize("A", [similarity(0.8, 17, 3.3, -5.1), similarity(0.55, -160, 90, 60),
+                               np.array([[0.7, 0.0, -3.0], [0.0, 0.6, 2.5]])])
+def test_supersampled_warp_is_the_mean_of_four_nearest_samples(A):
+    """Rotated shrinks go through Pillow's fixed-point path, axis-aligned ones through its scale path."""
+    img = np.random.default_rng(5).integers(0, 256, size=(90, 110, 3), dtype=np.uint8)
+    got = np.asarray(warp_affine_supersampled(Image.fromarray(img), A, (64, 48)))
+    want = _supersampled_reference(img, A, (64, 48))
+    assert got.shape == want.shape == (48, 64, 3)
+    assert np.mean(np.any(got != want, axis=-1)) <= SUPERSAMPLE_MISMATCH_SHARE
+
+
+def test_supersampled_half_scale_is_a_2x2_box_reduction():
+    img = Image.fromarray(np.random.default_rng(6).integers(0, 256, size=(40, 60, 3), dtype=np.uint8))
+    out = warp_affine_supersampled(img, np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]), (30, 20))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(img.reduce(2)))
+
+
+def test_pipeline_warp_supersamples_shrinks_and_keeps_bilinear_for_enlargements():
+    img = Image.fromarray(np.random.default_rng(7).integers(0, 256, size=(80, 80, 3), dtype=np.uint8))
+    shrink, enlarge = similarity(0.7, 10, 5, 5), similarity(1.3, 10, 5, 5)
+    np.testing.assert_array_equal(np.asarray(warp_affine_prefiltered(img, shrink, (50, 50))),
+                                  np.asarray(warp_affine_supersampled(img, shrink, (50, 50))))
+    np.testing.assert_array_equal(np.asarray(warp_affine_prefiltered(img, enlarge, (50, 50))),
+                                  np.asarray(warp_affine(img, enlarge, (50, 50))))

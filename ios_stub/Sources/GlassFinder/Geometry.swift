@@ -203,12 +203,74 @@ public func reduce(_ image: RgbImage, _ k: Int) -> RgbImage {
     return out
 }
 
-/// geometry.warp_affine_prefiltered: box-reduce by k = floor(1 / scale) first when A shrinks more than 2x.
+/// geometry.warp_affine_prefiltered, the pipeline's warp: a shrinking A (scale < 1) is
+/// warpAffineSupersampled, after a box reduction by k = floor(1 / scale) when A shrinks 2x or more
+/// (folded into the matrix); an enlarging A is warpAffine (bilinear).
 public func warpAffinePrefiltered(_ image: RgbImage, _ A: [Double], _ outWidth: Int, _ outHeight: Int) -> RgbImage {
     let scale = affineScale(A)
+    let warp = scale < 1.0 ? warpAffineSupersampled : warpAffine
     let k = scale > 0 ? Int((1.0 / scale).rounded(.down)) : 1
-    if k < 2 { return warpAffine(image, A, outWidth, outHeight) }
+    if k < 2 { return warp(image, A, outWidth, outHeight) }
     let kd = Double(k)
     let Ak = [A[0] * kd, A[1] * kd, A[2], A[3] * kd, A[4] * kd, A[5]]
-    return warpAffine(reduce(image, k), Ak, outWidth, outHeight)
+    return warp(reduce(image, k), Ak, outWidth, outHeight)
+}
+
+/// geometry.warp_affine_supersampled: each output pixel is the mean of 2 x 2 nearest-neighbour
+/// samples at +-1/4 output pixel around its centre (Pillow's NEAREST transform at twice the size,
+/// then reduce(2)); black outside.
+public func warpAffineSupersampled(_ image: RgbImage, _ A: [Double], _ outWidth: Int, _ outHeight: Int) -> RgbImage {
+    let inv = invertAffine(A)
+    // Halving the linear part (exact in binary) maps double-size pixel centres onto the output's.
+    let a = [inv[0] / 2, inv[1] / 2, inv[2], inv[3] / 2, inv[4] / 2, inv[5]]
+    return reduce(transformNearest(image, a, 2 * outWidth, 2 * outHeight), 2)
+}
+
+/// Pillow's Image.transform(AFFINE, NEAREST) with the output -> source matrix `a`, black outside:
+/// libImaging/Geometry.c ImagingTransformAffine and its three paths, chosen as Pillow chooses them
+/// (scale only; 16.16 fixed point when the corners map inside +-32768; doubles otherwise).
+public func transformNearest(_ image: RgbImage, _ a: [Double], _ outWidth: Int, _ outHeight: Int) -> RgbImage {
+    var out = try! RgbImage(width: outWidth, height: outHeight)
+    let w = image.width, h = image.height
+    func copy(_ x: Int, _ y: Int, _ xin: Int, _ yin: Int) {
+        if xin < 0 || xin >= w || yin < 0 || yin >= h { return }
+        let s = (yin * w + xin) * 3, d = (y * outWidth + x) * 3
+        for c in 0..<3 { out.pixels[d + c] = image.pixels[s + c] }
+    }
+    func coord(_ v: Double) -> Int { v < 0 ? -1 : Int(v) }
+    if a[1] == 0 && a[3] == 0 {  // ImagingScaleAffine: source columns tabulated once
+        var xo = a[2] + a[0] * 0.5
+        var xin = [Int](repeating: 0, count: outWidth)
+        for x in 0..<outWidth { xin[x] = coord(xo); xo += a[0] }
+        var yo = a[5] + a[4] * 0.5
+        for y in 0..<outHeight {
+            let yin = coord(yo)
+            for x in 0..<outWidth { copy(x, y, xin[x], yin) }
+            yo += a[4]
+        }
+        return out
+    }
+    func fits(_ x: Int, _ y: Int) -> Bool {
+        abs(Double(x) * a[0] + Double(y) * a[1] + a[2]) < 32768.0 && abs(Double(x) * a[3] + Double(y) * a[4] + a[5]) < 32768.0
+    }
+    if fits(0, 0) && fits(outWidth, outHeight) && fits(0, outHeight) && fits(outWidth, 0) {  // affine_fixed
+        func fix(_ v: Double) -> Int32 { Int32((v * 65536.0 + 0.5).rounded(.down)) }
+        let a0 = fix(a[0]), a1 = fix(a[1]), a3 = fix(a[3]), a4 = fix(a[4])
+        var a2 = fix(a[2] + a[0] * 0.5 + a[1] * 0.5)
+        var a5 = fix(a[5] + a[3] * 0.5 + a[4] * 0.5)
+        for y in 0..<outHeight {
+            var xx = a2, yy = a5
+            for x in 0..<outWidth { copy(x, y, Int(xx >> 16), Int(yy >> 16)); xx &+= a0; yy &+= a3 }
+            a2 &+= a1; a5 &+= a4
+        }
+        return out
+    }
+    var xo = a[2] + a[1] * 0.5 + a[0] * 0.5
+    var yo = a[5] + a[4] * 0.5 + a[3] * 0.5
+    for y in 0..<outHeight {
+        var xx = xo, yy = yo
+        for x in 0..<outWidth { copy(x, y, coord(xx), coord(yy)); xx += a[0]; yy += a[3] }
+        xo += a[1]; yo += a[4]
+    }
+    return out
 }

@@ -123,16 +123,72 @@ fun alignCrop(image: RgbImage, keypoints: DoubleArray, template: CropTemplate = 
     return AlignedCrop(warpAffinePrefiltered(image, A, template.width, template.height), A)
 }
 
-/** geometry.warp_affine_prefiltered: warpAffine that first box-reduces the source by an integer
- * factor k when A shrinks it more than 2x (k = floor(1 / scale)), folding the reduction into the
- * matrix, so that bilinear sampling does not alias. For scales >= 0.5 this is warpAffine. */
+/** geometry.warp_affine_prefiltered, the pipeline's warp: a shrinking A (scale < 1) is
+ * warpAffineSupersampled, after a box reduction of the source by k = floor(1 / scale) when A
+ * shrinks it 2x or more (folded into the matrix); an enlarging A is warpAffine (bilinear). */
 fun warpAffinePrefiltered(image: RgbImage, A: DoubleArray, outWidth: Int, outHeight: Int): RgbImage {
     val scale = affineScale(A)
+    val warp: (RgbImage, DoubleArray, Int, Int) -> RgbImage = if (scale < 1.0) ::warpAffineSupersampled else ::warpAffine
     val k = if (scale > 0) floor(1.0 / scale).toInt() else 1
-    if (k < 2) return warpAffine(image, A, outWidth, outHeight)
+    if (k < 2) return warp(image, A, outWidth, outHeight)
     // Reduced pixel i averages source pixels [i*k, (i+1)*k): continuous x_reduced = x / k.
     val Ak = doubleArrayOf(A[0] * k, A[1] * k, A[2], A[3] * k, A[4] * k, A[5])
-    return warpAffine(reduce(image, k), Ak, outWidth, outHeight)
+    return warp(reduce(image, k), Ak, outWidth, outHeight)
+}
+
+/** geometry.warp_affine_supersampled: each output pixel is the mean of 2 x 2 nearest-neighbour
+ * samples at +-1/4 output pixel around its centre (Pillow's NEAREST transform at twice the size,
+ * then reduce(2)); black outside. */
+fun warpAffineSupersampled(image: RgbImage, A: DoubleArray, outWidth: Int, outHeight: Int): RgbImage {
+    val inv = invertAffine(A)
+    // Halving the linear part (exact in binary) maps double-size pixel centres onto the output's.
+    val a = doubleArrayOf(inv[0] / 2, inv[1] / 2, inv[2], inv[3] / 2, inv[4] / 2, inv[5])
+    return reduce(transformNearest(image, a, 2 * outWidth, 2 * outHeight), 2)
+}
+
+/** Pillow's Image.transform(AFFINE, NEAREST) with the output -> source matrix `a`, black outside:
+ * libImaging/Geometry.c ImagingTransformAffine and its three paths, chosen as Pillow chooses them
+ * (scale only; 16.16 fixed point when the corners map inside +-32768; doubles otherwise), each with
+ * Pillow's own accumulation, so the bytes match the runtime. */
+fun transformNearest(image: RgbImage, a: DoubleArray, outWidth: Int, outHeight: Int): RgbImage {
+    val out = RgbImage(outWidth, outHeight)
+    fun copy(x: Int, y: Int, xin: Int, yin: Int) {
+        if (xin < 0 || xin >= image.width || yin < 0 || yin >= image.height) return
+        System.arraycopy(image.pixels, (yin * image.width + xin) * 3, out.pixels, (y * outWidth + x) * 3, 3)
+    }
+    fun coord(v: Double): Int = if (v < 0.0) -1 else v.toInt()
+    if (a[1] == 0.0 && a[3] == 0.0) {  // ImagingScaleAffine: source columns tabulated once
+        var xo = a[2] + a[0] * 0.5
+        val xin = IntArray(outWidth) { val c = coord(xo); xo += a[0]; c }
+        var yo = a[5] + a[4] * 0.5
+        for (y in 0 until outHeight) {
+            val yin = coord(yo)
+            for (x in 0 until outWidth) copy(x, y, xin[x], yin)
+            yo += a[4]
+        }
+        return out
+    }
+    fun fits(x: Int, y: Int) = Math.abs(x * a[0] + y * a[1] + a[2]) < 32768.0 && Math.abs(x * a[3] + y * a[4] + a[5]) < 32768.0
+    if (fits(0, 0) && fits(outWidth, outHeight) && fits(0, outHeight) && fits(outWidth, 0)) {  // affine_fixed
+        fun fix(v: Double): Int { val t = v * 65536.0 + 0.5; return if (t < 0.0) floor(t).toInt() else t.toInt() }
+        val a0 = fix(a[0]); val a1 = fix(a[1]); val a3 = fix(a[3]); val a4 = fix(a[4])
+        var a2 = fix(a[2] + a[0] * 0.5 + a[1] * 0.5)
+        var a5 = fix(a[5] + a[3] * 0.5 + a[4] * 0.5)
+        for (y in 0 until outHeight) {
+            var xx = a2; var yy = a5
+            for (x in 0 until outWidth) { copy(x, y, xx shr 16, yy shr 16); xx += a0; yy += a3 }
+            a2 += a1; a5 += a4
+        }
+        return out
+    }
+    var xo = a[2] + a[1] * 0.5 + a[0] * 0.5
+    var yo = a[5] + a[4] * 0.5 + a[3] * 0.5
+    for (y in 0 until outHeight) {
+        var xx = xo; var yy = yo
+        for (x in 0 until outWidth) { copy(x, y, coord(xx), coord(yy)); xx += a[0]; yy += a[3] }
+        xo += a[1]; yo += a[4]
+    }
+    return out
 }
 
 /** Pillow's Image.reduce(k) (libImaging/Reduce.c): k x k box average; the last column/row
