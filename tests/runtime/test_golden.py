@@ -53,6 +53,13 @@ def test_committed_golden_is_byte_identical_to_a_regeneration(tmp_path: Path) ->
                              f"tests/stubs/test_kotlin_golden.py")
 
 
+def test_the_tiny_bundle_ships_the_current_golden_vectors() -> None:
+    """App teams run their stub's check on the bundle's copy; a stale copy would test old numbers."""
+    tiny = FIXTURE.parents[1] / "tiny_bundle" / "golden" / golden.GOLDEN_NAME
+    assert tiny.read_bytes() == FIXTURE.read_bytes(), (
+        f"{tiny} is not {FIXTURE}: copy it over and update the golden sha256 in the tiny bundle's manifest.json")
+
+
 def test_writing_twice_gives_the_same_bytes_and_the_seed_matters(tmp_path: Path) -> None:
     a = golden.write_golden(tmp_path / "a", seed=3).read_bytes()
     b = golden.write_golden(tmp_path / "b", seed=3).read_bytes()
