@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from glassfinder.metrics import retrieval_report
+from glassfinder.metrics import retrieval_report, size_blind_top1_ceiling
 from glassfinder_runtime.geometry import DEFAULT_TEMPLATE, CropTemplate
 
 
@@ -286,7 +286,9 @@ def evaluate(cfg: EvalConfig = EvalConfig(), pipeline: FloatPipeline | None = No
     report = dict(float_variant)
     if sheet:
         failure_sheet(images, rows, I, skus).save(sheet)
+    _, _, _, group_q, group_db = _labels(I, rows, skus)
     report.update(
+        top1_ceiling_size_blind=size_blind_top1_ceiling(group_q, group_db),
         gallery_skus=len(skus), queries=len(outcomes), negatives=len(negatives),
         pipeline="torch float, exact cosine search",
         splits={"gallery_skus": "catalog split 'gallery' (models disjoint from train and val)",

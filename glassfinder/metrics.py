@@ -61,3 +61,16 @@ def retrieval_report(I: npt.ArrayLike, sku_q: npt.ArrayLike, sku_db: npt.ArrayLi
     out["map_at_r"] = map_at_r(I, sku_q, sku_db)
     out["map_at_r_size_insensitive"] = map_at_r(I, group_q, group_db)
     return out
+
+
+def size_blind_top1_ceiling(group_q: npt.ArrayLike, group_db: npt.ArrayLike) -> float:
+    """Expected top-1 (SKU level) of a search that always finds the right model + colourway but
+    cannot tell its sizes apart, ranking them at random: the mean of 1 / (sizes of the query's group
+    in the gallery). Sizes of a colourway differ only in scale (catalog.sized_shape), and faces vary
+    in size about as much, so this is what top-1 can reach from appearance alone."""
+    uniq, counts = np.unique(np.asarray(group_db), return_counts=True)
+    pos = np.searchsorted(uniq, np.asarray(group_q))
+    pos = np.clip(pos, 0, max(len(uniq) - 1, 0))
+    if len(uniq) == 0 or not np.array_equal(uniq[pos], np.asarray(group_q)):
+        raise ValueError("every query group must be in the gallery")
+    return float(np.mean(1.0 / counts[pos])) if len(pos) else 0.0

@@ -19,7 +19,9 @@ def register(sub, bench) -> None:
             "faces, then search full scene photos of those SKUs on disjoint query faces with a worse "
             "camera (blur, noise, colour cast, JPEG), through detector -> aligner -> crop -> gate -> "
             "embedder -> exact cosine search (torch float). Reports top-1/5/10 strict and "
-            "size-insensitive, mAP@R, and the gate's TPR (queries) and FPR (bare faces, non-face images)."),
+            "size-insensitive, mAP@R, and the gate's TPR (queries) and FPR (bare faces, non-face images), "
+            "plus top1_ceiling_size_blind: the top-1 of a search that always finds the right frame and "
+            "colour but cannot tell its sizes apart (sizes differ only in scale)."),
         epilog=("examples:\n"
                 "  glassfinder eval --json out/eval.json --sheet out/failures.png   # the reference protocol\n"
                 "  glassfinder eval --bundle bundle --json out/eval_bundle.json      # + the bundle's int8 pipeline\n"
@@ -47,7 +49,7 @@ def run_eval(args) -> int:
     report = evaluate(cfg, progress=not args.quiet, sheet=str(args.sheet) if args.sheet else None,
                       bundle=str(args.bundle) if args.bundle else None)
     keys = ("top1", "top5", "top10", "top1_size_insensitive", "top10_size_insensitive", "map_at_r",
-            "gate_tpr", "gate_fpr", "gallery_skus", "queries", "seconds")
+            "top1_ceiling_size_blind", "gate_tpr", "gate_fpr", "gallery_skus", "queries", "seconds")
     for k in keys:
         v = report[k]
         print(f"{k:>24s}  {v:.4f}" if isinstance(v, float) else f"{k:>24s}  {v}")

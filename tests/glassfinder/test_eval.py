@@ -28,6 +28,7 @@ def test_eval_with_bundle_reports_every_variant_and_the_drop(tmp_path, capsys):
         refused = v["refused_no_face"] + v["refused_no_glasses"]
         assert refused == round((1 - v["gate_tpr"]) * 6)  # every query is either searched or refused
     assert variants["torch_float+exact"]["top1"] == report["top1"]
+    assert 0.0 < report["top1_ceiling_size_blind"] <= 1.0  # 24 SKUs in groups of 1-3 sizes
     shipped = variants["bundle_models+bundle_gallery"]
     assert report["top1_drop_points"] == pytest.approx(100 * (report["top1"] - shipped["top1"]), abs=0.01)
     assert report["gallery_spec"] and report["bundle"] == str(TINY)

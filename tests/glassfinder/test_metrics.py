@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from glassfinder.metrics import map_at_r, retrieval_report, topk_accuracy
+from glassfinder.metrics import map_at_r, retrieval_report, size_blind_top1_ceiling, topk_accuracy
 
 EXACT = 1e-12
 
@@ -63,3 +63,11 @@ def test_bad_shapes_and_out_of_range_rows_are_refused():
         topk_accuracy([0, 1], [0], [0, 1], 1)
     with pytest.raises(ValueError, match="at least 5"):
         topk_accuracy([[0]], [0], [0], 5)
+
+
+def test_size_blind_ceiling_is_the_mean_inverse_group_size():
+    group_db = [0, 0, 1, 2, 2, 2]  # groups of 2, 1 and 3 sizes
+    assert size_blind_top1_ceiling([0, 1, 2], group_db) == pytest.approx((1 / 2 + 1 + 1 / 3) / 3)
+    assert size_blind_top1_ceiling([1, 1], group_db) == 1.0
+    with pytest.raises(ValueError, match="gallery"):
+        size_blind_top1_ceiling([3], group_db)
