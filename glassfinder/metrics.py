@@ -66,8 +66,9 @@ def retrieval_report(I: npt.ArrayLike, sku_q: npt.ArrayLike, sku_db: npt.ArrayLi
 def size_blind_top1_ceiling(group_q: npt.ArrayLike, group_db: npt.ArrayLike) -> float:
     """Expected top-1 (SKU level) of a search that always finds the right model + colourway but
     cannot tell its sizes apart, ranking them at random: the mean of 1 / (sizes of the query's group
-    in the gallery). Sizes of a colourway differ only in scale (catalog.sized_shape), and faces vary
-    in size about as much, so this is what top-1 can reach from appearance alone."""
+    in the gallery). Sizes of a colourway differ only in scale (catalog.sized_shape) and the embedder
+    is trained size-invariant (its classes are model + colourway groups), so this bounds its top-1
+    until something reads the frame's size."""
     uniq, counts = np.unique(np.asarray(group_db), return_counts=True)
     pos = np.searchsorted(uniq, np.asarray(group_q))
     pos = np.clip(pos, 0, max(len(uniq) - 1, 0))
