@@ -185,7 +185,7 @@ def failure_sheet(images: Sequence[Image.Image], rows: Sequence[int], I: np.ndar
                   max_rows: int = 12, seed: int = 0) -> Image.Image:
     """Failed queries (top-1 wrong), one per line: the query photo, the true SKU, then the top-5,
     each SKU drawn on the same neutral gallery face so that only the frames differ."""
-    from PIL import ImageDraw
+    from PIL import ImageDraw, ImageFont
 
     from glassfinder.renderer import FaceCropCache, render_crop_batch
 
@@ -199,7 +199,8 @@ def failure_sheet(images: Sequence[Image.Image], rows: Sequence[int], I: np.ndar
     cw, ch, qh = 128, 64, 96
     sheet = Image.new("RGB", (qh + 10 + 6 * (cw + 8), 30 + max(1, len(failed)) * (qh + 22)), "white")
     d = ImageDraw.Draw(sheet)
-    d.text((6, 6), f"{len(failed)} failed queries shown: query | true SKU | top-5 (red: wrong, green: right)", fill=(0, 0, 0))
+    title = f"{len(failed)} failed queries shown:  query  |  true SKU  |  top-5 (red: wrong, green: right)"
+    d.text((6, 6), title, fill=(0, 0, 0), font=ImageFont.load_default(size=13))  # the 10-px default loses spaces
     for line, i in enumerate(failed):
         y = 30 + line * (qh + 22)
         sheet.paste(images[i].convert("RGB").resize((qh, qh)), (0, y))
