@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from glassfinder.cli import main
@@ -40,3 +41,22 @@ def test_eval_refuses_a_bundle_of_other_skus():
     with pytest.raises(ConfigError, match="not the benchmark"):
         evaluate(EvalConfig(n_gallery=20, renders_per_sku=1, gallery_faces=4, n_queries=2, n_negatives=2),
                  progress=False, bundle=str(TINY))
+
+
+def test_failure_sheet_has_a_line_per_failed_query():
+    from PIL import Image
+
+    from glassfinder.catalog import CatalogConfig, build_catalog
+    from glassfinder.evaluation import failure_sheet
+
+    skus = build_catalog(CatalogConfig()).by_split("gallery")[:6]
+    images = [Image.new("RGB", (64, 64), (i * 40, 0, 0)) for i in range(3)]
+    rows = [0, 1, 2]
+    I = np.array([[0, 1, 2, 3, 4], [2, 1, 0, 3, 4], [-1, -1, -1, -1, -1]])  # query 0 right, 1 wrong, 2 refused
+    sheet = failure_sheet(images, rows, I, skus)
+    one_failure = failure_sheet(images[:2], rows[:2], I[:2], skus)
+    line = sheet.height - one_failure.height
+    assert line > 64 and sheet.height == 30 + 2 * line  # two failed lines below the title
+    y, x = 30 + line, 96 + 10 + 128 + 8  # the refused query's first top-5 cell: red "refused" text
+    cell = np.asarray(sheet)[y + 16:y + 36, x:x + 60].astype(int)
+    assert ((cell[..., 0] - cell[..., 1]) > 100).any()
