@@ -652,24 +652,86 @@ def render_scene(
 _FLIP_ORDER = [3, 2, 1, 0, 4]
 
 
+@dataclass(frozen=True)
+class CropJitter:
+    """Random misalignment of an aligned crop, like the one the aligner's landmark error causes at
+    query time (training crops are otherwise aligned on ground-truth keypoints, exactly).
+
+    A sample's crop becomes D(crop), D a similarity about the crop centre: per-axis shift
+    ~ N(0, shift x the template's eye distance), rotation ~ N(0, rotation_deg) degrees, log scale
+    ~ N(0, scale); each draw clipped at `clip` standard deviations. All zero: off (no random
+    numbers are drawn, so the renders are exactly those without jitter)."""
+
+    shift: float = 0.0  # std of the crop-centre shift per axis, as a fraction of the eye distance
+    rotation_deg: float = 0.0  # std of the rotation, degrees
+    scale: float = 0.0  # std of the log scale (0.06: about 6 %)
+    clip: float = 2.5  # draws are clipped at this many standard deviations
+
+    @property
+    def active(self) -> bool:
+        return self.shift > 0 or self.rotation_deg > 0 or self.scale > 0
+
+    def scaled(self, k: float) -> "CropJitter":
+        """The same jitter with every standard deviation times k (k = 0: off)."""
+        return CropJitter(self.shift * k, self.rotation_deg * k, self.scale * k, self.clip)
+
+
+# The crop error of the committed aligner: crop_matrix(predicted keypoints) vs crop_matrix(ground
+# truth) on 353 VAL-face scenes with glasses and the query camera (mean keypoint error 7.1 % of the
+# eye distance): shift std 4.3 % (x) and 4.6 % (y) of the eye distance, rotation std 2.2 degrees,
+# log-scale std 0.062. (It also has a small bias, -2.2 % in y and +2.4 % in scale, left out here.)
+ALIGNER_JITTER = CropJitter(shift=0.045, rotation_deg=2.2, scale=0.06)
+
+# Context kept around each cached crop (pixels at crop scale), so that a jittered crop is re-warped
+# from real face pixels rather than padded; enough for ALIGNER_JITTER at its clip (twice that can
+# leave a few black corner pixels on the rarest draws).
+CONTEXT_MARGIN = 32
+
+
+def template_eye_distance(template: CropTemplate = DEFAULT_TEMPLATE) -> float:
+    """Distance between the template's eye centres (mean of each eye's two corners), crop pixels."""
+    pts = template.as_array().astype(np.float64)
+    return float(np.linalg.norm(pts[0:2].mean(0) - pts[2:4].mean(0)))
+
+
+def jitter_matrix(jitter: CropJitter, rng: np.random.Generator,
+                  template: CropTemplate = DEFAULT_TEMPLATE) -> npt.NDArray[np.float64]:
+    """(2, 3) random similarity crop pixels -> jittered crop pixels, about the crop centre.
+    Draws four standard normals from rng (shift x, shift y, rotation, log scale), in that order."""
+    z = np.clip(rng.standard_normal(4), -jitter.clip, jitter.clip)
+    t = z[0:2] * jitter.shift * template_eye_distance(template)
+    angle = math.radians(z[2] * jitter.rotation_deg)
+    s = math.exp(z[3] * jitter.scale)
+    A = s * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    c = np.array([template.width / 2, template.height / 2])
+    return np.concatenate([A, (c + t - A @ c)[:, None]], axis=1)
+
+
 class FaceCropCache:
     """Faces already warped into the aligned crop, with their landmarks in crop pixels.
 
     crops: (F, H, W, 3) uint8; keypoints: (F, 5, 2) float32; temples: (F, 2, 2) float32;
-    yaw_pitch: (F, 2) float32 degrees (roll is removed by the alignment)."""
+    yaw_pitch: (F, 2) float32 degrees (roll is removed by the alignment); context:
+    (F, H + 2m, W + 2m, 3) uint8, the same warp with m = CONTEXT_MARGIN pixels more on each side
+    (crop pixel (x, y) is context pixel (x + m, y + m)), which CropJitter re-warps from."""
 
     def __init__(self, faces: Sequence[FaceSample], template: CropTemplate = DEFAULT_TEMPLATE):
         if len(faces) == 0:
             raise ValueError("FaceCropCache needs at least one face")
         self.template = template
-        crops, kps, temples, poses = [], [], [], []
+        crops, contexts, kps, temples, poses = [], [], [], [], []
+        m = CONTEXT_MARGIN
         for face in faces:
             M = crop_matrix(face.keypoints, template)
-            crops.append(_warp_to_crop(face.image, M, template))
+            crops.append(_warp_to_crop(face.image, M, (template.width, template.height)))
+            # A separate warp (not a slice of it): the crops stay bit for bit what they were.
+            contexts.append(_warp_to_crop(face.image, M + np.array([[0, 0, m], [0, 0, m]]),
+                                          (template.width + 2 * m, template.height + 2 * m)))
             kps.append(apply_affine(M, face.keypoints))
             temples.append(apply_affine(M, face.temples))
             poses.append((face.pose.yaw, face.pose.pitch))
         self.crops = np.stack(crops)
+        self.context = np.stack(contexts)
         self.keypoints = np.asarray(kps, F32)
         self.temples = np.asarray(temples, F32)
         self.yaw_pitch = np.asarray(poses, F32)
@@ -687,8 +749,9 @@ class FaceCropCache:
         return cls([make_face(i, split=split, cfg=cfg) for i in range(n)], template)
 
 
-def _warp_to_crop(image: Image.Image, M: npt.NDArray[np.float64], template: CropTemplate) -> npt.NDArray[np.uint8]:
-    """(H, W, 3) uint8 crop; a large face is first shrunk with a box filter so the bilinear warp does not alias."""
+def _warp_to_crop(image: Image.Image, M: npt.NDArray[np.float64], size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    """(H, W, 3) uint8 crop of size (W, H); a large face is first shrunk with a box filter so the
+    bilinear warp does not alias."""
     image = image.convert("RGB")
     scale = math.sqrt(abs(np.linalg.det(M[:, :2])))
     factor = int(1 / scale) if scale < 0.5 else 1
@@ -696,7 +759,19 @@ def _warp_to_crop(image: Image.Image, M: npt.NDArray[np.float64], template: Crop
         image = image.reduce(factor)
         # reduce() maps source pixel corners x -> x / factor exactly.
         M = M @ np.array([[factor, 0, 0], [0, factor, 0], [0, 0, 1.0]])
-    return np.asarray(warp_affine(image, M, (template.width, template.height)), np.uint8)
+    return np.asarray(warp_affine(image, M, size), np.uint8)
+
+
+def jittered_face(faces: FaceCropCache, f: int, D: npt.ArrayLike) -> tuple[
+        npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Cached face f seen through the (2, 3) crop -> jittered-crop similarity D: the (H, W, 3)
+    float32 crop re-warped from the face's context, and its (5, 2) keypoints and (2, 2) temples."""
+    m = CONTEXT_MARGIN
+    H, W = faces.crops.shape[1:3]
+    D = np.asarray(D, np.float64)
+    from_context = np.concatenate([D[:, :2], (D[:, 2] - m * D[:, :2].sum(1))[:, None]], axis=1)  # D(p - m)
+    canvas = np.asarray(warp_affine(Image.fromarray(faces.context[f]), from_context, (W, H)), F32)
+    return canvas, apply_affine(D, faces.keypoints[f]), apply_affine(D, faces.temples[f])
 
 
 def render_crop_batch(
@@ -708,13 +783,16 @@ def render_crop_batch(
     flip: bool | None = None,
     camera: CameraConfig | None = None,
     return_masks: bool = False,
+    jitter: CropJitter = CropJitter(),
 ):
     """Render skus (None entries: bare faces) on cached face crops, directly at crop resolution.
 
     Returns (N, H, W, 3) uint8, plus a list of N GlassesMasks when return_masks=True. Faces are
     drawn at random unless face_index is given; each sample is mirrored with probability 0.5 unless
     flip says otherwise (the template is left-right symmetric), and the fit jitters per sample.
-    camera (optional) degrades every crop afterwards (masks are not affected)."""
+    jitter (off by default) misaligns each face crop as the aligner would, before the glasses are
+    drawn on it (they sit on the jittered face). camera (optional) degrades every crop afterwards
+    (masks are not affected)."""
     n = len(skus)
     H, W = faces.crops.shape[1:3]
     out = np.empty((n, H, W, 3), np.uint8)
@@ -723,8 +801,11 @@ def render_crop_batch(
     for i, sku in enumerate(skus):
         f = int(idx[i])
         mirror = bool(rng.random() < 0.5) if flip is None else flip
-        canvas = faces.crops[f].astype(F32)
-        kp, temples = faces.keypoints[f], faces.temples[f]
+        if jitter.active:
+            canvas, kp, temples = jittered_face(faces, f, jitter_matrix(jitter, rng, faces.template))
+        else:
+            canvas = faces.crops[f].astype(F32)
+            kp, temples = faces.keypoints[f], faces.temples[f]
         yaw, pitch = faces.yaw_pitch[f]
         if mirror:
             canvas = canvas[:, ::-1].copy()

@@ -79,6 +79,9 @@ class TrainConfig:
     real_faces_dir: str | None = None  # folder of real face photos (no glasses) added to the train faces
     real_face_share: float = 0.5  # with real faces: share of renders drawn on them (the rest procedural)
     init_weights: str | None = None  # start from these <model>.safetensors (fine-tuning; fresh optimiser)
+    # Training crops misaligned like the aligner's (glassfinder.renderer.ALIGNER_JITTER times this);
+    # 0: perfectly aligned crops, which the models never get at query time.
+    crop_jitter: float = 1.0
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
 
     @property
@@ -92,6 +95,8 @@ class TrainConfig:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
         if not 0.0 <= self.real_face_share <= 1.0:
             raise ConfigError(f"real_face_share must be in [0, 1], got {self.real_face_share}")
+        if not 0.0 <= self.crop_jitter <= 2.0:
+            raise ConfigError(f"crop_jitter must be in [0, 2] (times the aligner's error), got {self.crop_jitter}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -128,12 +133,14 @@ class EmbedderData:
     train: CropSource  # TRAIN split groups on TRAIN faces
     val_enroll: CropSource  # VAL split groups on the faces used for enrolment
     val_query: CropSource  # the same VAL groups (same label order) on other faces, with a camera shift
+    val_query_jittered: CropSource | None = None  # val_query with aligner-like crop misalignment (optional)
 
 
 @dataclass(frozen=True)
 class GateData:
     train: GateSource
     val: GateSource
+    val_jittered: GateSource | None = None  # val with aligner-like crop misalignment (optional)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,9 +465,13 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
             if not val_set:  # rendered once, lazily, from a fixed seed
                 val_set.update(_embedder_val_set(data, cfg))
             g = embed_images(model, val_set["enroll"])
-            q = embed_images(model, val_set["query"])
             gallery, glabels = enroll(g, val_set["enroll_labels"])
-            return recall_at_k(gallery, glabels, q, val_set["query_labels"])
+            out = recall_at_k(gallery, glabels, embed_images(model, val_set["query"]), val_set["query_labels"])
+            if "query_jittered" in val_set:  # the same queries, misaligned as the aligner would
+                q = embed_images(model, val_set["query_jittered"])
+                out.update({f"jittered_{k}": v for k, v in
+                            recall_at_k(gallery, glabels, q, val_set["query_labels"]).items()})
+            return out
 
         step, history = _run(cfg, "embedder", module, preprocess, make_batch, validate, d,
                              {"num_classes": data.train.num_classes, "model_config": model_cfg.to_dict()}, on_step)
@@ -472,9 +483,10 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
                 "train": {"loss": cfg.loss, "steps": step, "batch": cfg.batch_size, "lr": cfg.lr,
                           "warmup_steps": cfg.warmup_steps,
                           "classes_per_batch": cfg.classes_per_batch, "samples_per_class": cfg.samples_per_class,
-                          "seed": cfg.seed, "num_classes": data.train.num_classes},
+                          "seed": cfg.seed, "num_classes": data.train.num_classes, "crop_jitter": cfg.crop_jitter},
                 "validation": history[-1] if history else {},
-                "validation_split": "val (catalog VAL split; enrolment and query renders on disjoint faces)",
+                "validation_split": "val (catalog VAL split; enrolment and query renders on disjoint faces; "
+                                    "jittered_*: the queries misaligned by renderer.ALIGNER_JITTER)",
                 "init": init,
             })
         return TrainResult(weights, step, history)
@@ -487,8 +499,11 @@ def _embedder_val_set(data: EmbedderData, cfg: TrainConfig) -> dict[str, Any]:
     n = min(cfg.val_classes, data.val_enroll.num_classes)
     classes = np.sort(rng.choice(data.val_enroll.num_classes, size=n, replace=False)).astype(np.int64)
     enroll_labels = np.repeat(classes, cfg.val_enroll)
-    return {"enroll": data.val_enroll.render(enroll_labels, rng), "enroll_labels": enroll_labels,
-            "query": data.val_query.render(classes, rng), "query_labels": classes}
+    out = {"enroll": data.val_enroll.render(enroll_labels, rng), "enroll_labels": enroll_labels,
+           "query": data.val_query.render(classes, rng), "query_labels": classes}
+    if data.val_query_jittered is not None:  # its own generator: the clean set stays as it was
+        out["query_jittered"] = data.val_query_jittered.render(classes, np.random.default_rng([cfg.val_seed, 1]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,7 +533,17 @@ def train_gate(cfg: TrainConfig, data: GateData | None = None, model_cfg: GateCo
             if not val_set:
                 images, labels = data.val.sample(cfg.val_size, np.random.default_rng(cfg.val_seed))
                 val_set.update(images=images, labels=labels)
-            return gate_metrics(gate_scores(model, val_set["images"]), val_set["labels"], cfg.max_val_fpr)
+                if data.val_jittered is not None:
+                    images, labels = data.val_jittered.sample(cfg.val_size, np.random.default_rng([cfg.val_seed, 1]))
+                    val_set.update(jittered_images=images, jittered_labels=labels)
+            probs = gate_scores(model, val_set["images"])
+            if "jittered_images" not in val_set:
+                return gate_metrics(probs, val_set["labels"], cfg.max_val_fpr)
+            # The threshold is chosen on the misaligned crops: those are what the aligner gives it.
+            jittered = gate_metrics(gate_scores(model, val_set["jittered_images"]), val_set["jittered_labels"],
+                                    cfg.max_val_fpr)
+            out = gate_metrics(probs, val_set["labels"], cfg.max_val_fpr, threshold=jittered["threshold"])
+            return {**out, "jittered_tpr": jittered["tpr"], "jittered_fpr": jittered["fpr"]}
 
         step, history = _run(cfg, "gate", module, preprocess, make_batch, validate, d, {}, on_step)
         weights = None
@@ -528,12 +553,16 @@ def train_gate(cfg: TrainConfig, data: GateData | None = None, model_cfg: GateCo
             model.cpu()
             save_weights(model, model_cfg, weights, {
                 "threshold": final.get("threshold", 0.5),
-                "threshold_rule": f"lowest P(glasses) with FPR <= {cfg.max_val_fpr} on val negatives",
+                "threshold_rule": f"lowest P(glasses) with FPR <= {cfg.max_val_fpr} on val negatives"
+                                  + (" (the jittered val set)" if data.val_jittered is not None else ""),
                 "score": "P(glasses) = 1 - softmax(logits)[none]",
                 "train": {"steps": step, "batch": cfg.batch_size, "seed": cfg.seed, "lr": cfg.lr,
-                          "real_faces_dir": cfg.real_faces_dir, "real_face_share": cfg.real_face_share},
+                          "real_faces_dir": cfg.real_faces_dir, "real_face_share": cfg.real_face_share,
+                          "crop_jitter": cfg.crop_jitter},
                 "validation": final,
-                "validation_split": "val (catalog VAL split glasses on val faces; val bare faces and procedural negatives)",
+                "validation_split": "val (catalog VAL split glasses on val faces; val bare faces and procedural "
+                                    "negatives; jittered_*: the same with the faces misaligned by "
+                                    "renderer.ALIGNER_JITTER)",
                 "init": init,
             })
         return TrainResult(weights, step, history)
@@ -541,11 +570,13 @@ def train_gate(cfg: TrainConfig, data: GateData | None = None, model_cfg: GateCo
         _finish(d)
 
 
-def gate_metrics(probs: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], max_fpr: float) -> dict[str, float]:
-    """(n, 3) class probabilities and (n,) labels -> threshold on P(glasses), TPR, FPR, 3-class accuracy."""
+def gate_metrics(probs: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], max_fpr: float,
+                 threshold: float | None = None) -> dict[str, float]:
+    """(n, 3) class probabilities and (n,) labels -> threshold on P(glasses) (chosen here for
+    max_fpr unless given), TPR, FPR, 3-class accuracy."""
     score = 1.0 - probs[:, NONE_CLASS]
     pos, neg = score[labels != NONE_CLASS], score[labels == NONE_CLASS]
-    t = choose_threshold(neg, max_fpr)
+    t = choose_threshold(neg, max_fpr) if threshold is None else threshold
     r = rates(pos, neg, t)
     worn = labels != NONE_CLASS
     # Among accepted glasses: eyeglasses vs sunglasses right?
@@ -563,20 +594,30 @@ VAL_FACES = 120  # procedural VAL faces: the first half enrols, the second half 
 
 class RenderedCropSource:
     """A CropSource over catalog groups: label c is groups[c]; each render takes a random size
-    (SKU) of the group, a random cached face, the renderer's fit jitter and mirroring, and then
-    one of `cameras` (a camera model drawn per sample; none: clean renders)."""
+    (SKU) of the group, a random cached face, the renderer's fit jitter and mirroring, the crop
+    misalignment `jitter` (a renderer.CropJitter; None: off), and then one of `cameras` (a camera
+    model drawn per sample; none: clean renders)."""
 
-    def __init__(self, groups: list[list[Any]], faces: Any, cameras: tuple[Any, ...] = (), real_share: float = 0.5):
-        self.groups, self.faces, self.cameras = groups, faces, cameras
+    def __init__(self, groups: list[list[Any]], faces: Any, cameras: tuple[Any, ...] = (), real_share: float = 0.5,
+                 jitter: Any = None):
+        self.groups, self.faces, self.cameras, self.jitter = groups, faces, cameras, jitter
         self.num_classes = len(groups)
         self.pick_faces = face_picker(faces.face_ids, real_share)
 
     def render(self, labels: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
-        from glassfinder.renderer import render_crop_batch
+        from glassfinder.renderer import CropJitter, render_crop_batch
 
         skus = [self.groups[c][int(rng.integers(len(self.groups[c])))] for c in labels]
-        return _camera(render_crop_batch(skus, self.faces, rng, face_index=self.pick_faces(len(skus), rng)),
-                       self.cameras, rng)
+        crops = render_crop_batch(skus, self.faces, rng, face_index=self.pick_faces(len(skus), rng),
+                                  jitter=self.jitter or CropJitter())
+        return _camera(crops, self.cameras, rng)
+
+
+def _train_jitter(cfg: TrainConfig) -> Any:
+    """The training crops' misalignment: the aligner's measured error times cfg.crop_jitter."""
+    from glassfinder.renderer import ALIGNER_JITTER
+
+    return ALIGNER_JITTER.scaled(cfg.crop_jitter)
 
 
 def face_picker(face_ids: list[str], real_share: float) -> Callable[[int, np.random.Generator], npt.NDArray[np.int64]]:
@@ -649,23 +690,27 @@ def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
     from glassfinder.catalog import build_catalog
     from glassfinder.camera import GALLERY_CAMERA
 
-    from glassfinder.renderer import FaceCropCache
+    from glassfinder.renderer import ALIGNER_JITTER, FaceCropCache
 
     catalog = build_catalog()
     train_faces, val_faces = _faces(cfg.real_faces_dir)
     half = len(val_faces) // 2
     train_cams, query_cams = _cameras()
     val_groups = group_skus(catalog.by_split("val"))
+    query_faces = FaceCropCache(val_faces[half:])
     return EmbedderData(
-        train=RenderedCropSource(group_skus(catalog.by_split("train")), train_faces, train_cams, cfg.real_face_share),
+        train=RenderedCropSource(group_skus(catalog.by_split("train")), train_faces, train_cams, cfg.real_face_share,
+                                 _train_jitter(cfg)),
         val_enroll=RenderedCropSource(val_groups, FaceCropCache(val_faces[:half]), (GALLERY_CAMERA,)),
-        val_query=RenderedCropSource(val_groups, FaceCropCache(val_faces[half:]), query_cams),
+        val_query=RenderedCropSource(val_groups, query_faces, query_cams),
+        # Gallery crops are aligned on ground truth; query crops come from the aligner.
+        val_query_jittered=RenderedCropSource(val_groups, query_faces, query_cams, jitter=ALIGNER_JITTER),
     )
 
 
-def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: float = 0.5) -> Any:
+def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: float = 0.5, jitter: Any = None) -> Any:
     from glassfinder.gate_data import MixedGateSource
-    from glassfinder.renderer import render_crop_batch
+    from glassfinder.renderer import CropJitter, render_crop_batch
 
     eyeglasses = [s for s in skus if not s.is_sunglasses]
     sunglasses = [s for s in skus if s.is_sunglasses]
@@ -674,7 +719,9 @@ def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: fl
     def render(items: list[Any], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
         if not items:
             return np.zeros((0, *faces.crops.shape[1:]), np.uint8)
-        return _camera(render_crop_batch(items, faces, rng, face_index=pick_faces(len(items), rng)), cameras, rng)
+        crops = render_crop_batch(items, faces, rng, face_index=pick_faces(len(items), rng),
+                                  jitter=jitter or CropJitter())
+        return _camera(crops, cameras, rng)
 
     def glasses(n: int, sun: bool, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
         pool = sunglasses if sun else eyeglasses
@@ -691,21 +738,25 @@ def default_gate_data(cfg: TrainConfig) -> GateData:
     faces of the same face split, textures and objects (glassfinder.gate_data)."""
     from glassfinder.catalog import build_catalog
 
-    from glassfinder.renderer import FaceCropCache
+    from glassfinder.renderer import ALIGNER_JITTER, FaceCropCache
 
     catalog = build_catalog()
     train_faces, val_faces = _faces(cfg.real_faces_dir)
     train_cams, _ = _cameras()
-    return GateData(train=_gate_source(catalog.by_split("train"), train_faces, train_cams, cfg.real_face_share),
-                    val=_gate_source(catalog.by_split("val"), FaceCropCache(val_faces), train_cams))
+    val_cache = FaceCropCache(val_faces)
+    return GateData(train=_gate_source(catalog.by_split("train"), train_faces, train_cams, cfg.real_face_share,
+                                       _train_jitter(cfg)),
+                    val=_gate_source(catalog.by_split("val"), val_cache, train_cams),
+                    val_jittered=_gate_source(catalog.by_split("val"), val_cache, train_cams, jitter=ALIGNER_JITTER))
 
 
-def gate_val_source() -> Any:
-    """The gate's synthetic validation source alone (VAL split glasses on VAL faces + negatives)."""
+def gate_val_source(jitter: Any = None) -> Any:
+    """The gate's synthetic validation source alone (VAL split glasses on VAL faces + negatives);
+    jitter: a renderer.CropJitter misaligning the face crops (None: aligned on ground truth)."""
     from glassfinder.catalog import build_catalog
     from glassfinder.renderer import FaceCropCache
 
-    return _gate_source(build_catalog().by_split("val"), FaceCropCache(_val_faces()), _cameras()[0])
+    return _gate_source(build_catalog().by_split("val"), FaceCropCache(_val_faces()), _cameras()[0], jitter=jitter)
 
 
 def config_with(cfg: TrainConfig, **changes: Any) -> TrainConfig:
