@@ -139,8 +139,9 @@ class Detections:
 
 
 # Pillow's two-step resize: a box reduce() by an integer factor, then the antialiased bilinear resize
-# of at most this ratio. Same boxes for the detector; 0.65 -> 0.14 ms for a 384-px photo and
-# 16 -> 5 ms for a 2,400-px one (a full-ratio bilinear resize reads every source pixel ~9 times).
+# of at most this ratio: 0.65 -> 0.14 ms for a 384-px photo and 16 -> 5 ms for a 2,400-px one. With
+# it (and the supersampled warps), the same faces were found on 300 synthetic scenes and 49 real
+# photos, keypoint error unchanged (5.87 vs 5.88 % of the eye distance).
 LETTERBOX_REDUCING_GAP = 1.0
 
 
