@@ -21,6 +21,18 @@ def _check(I: npt.ArrayLike, labels_q: npt.ArrayLike, labels_db: npt.ArrayLike) 
     return I, hits
 
 
+def _gallery_counts(labels_q: npt.ArrayLike, labels_db: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """(n,) number of gallery items (m,) sharing each query's label; 0 where the label is absent."""
+    labels_q = np.asarray(labels_q)
+    uniq, counts = np.unique(np.asarray(labels_db), return_counts=True)
+    R = np.zeros(len(labels_q), dtype=np.int64)
+    if len(uniq):
+        pos = np.searchsorted(uniq, labels_q)
+        found = (pos < len(uniq)) & (uniq[np.clip(pos, 0, len(uniq) - 1)] == labels_q)
+        R[found] = counts[pos[found]]
+    return R
+
+
 def topk_accuracy(I: npt.ArrayLike, labels_q: npt.ArrayLike, labels_db: npt.ArrayLike, k: int) -> float:
     """Fraction of queries with a correct label among their first k neighbours.
 
@@ -38,12 +50,7 @@ def map_at_r(I: npt.ArrayLike, labels_q: npt.ArrayLike, labels_db: npt.ArrayLike
     Needs at least max(R) neighbours per query; queries whose label is absent from the gallery count 0.
     """
     I, hits = _check(I, labels_q, labels_db)
-    labels_db = np.asarray(labels_db)
-    uniq, counts = np.unique(labels_db, return_counts=True)
-    R = np.zeros(len(I), dtype=np.int64)
-    pos = np.searchsorted(uniq, np.asarray(labels_q))
-    found = (pos < len(uniq)) & (uniq[np.clip(pos, 0, len(uniq) - 1)] == np.asarray(labels_q))
-    R[found] = counts[pos[found]]
+    R = _gallery_counts(labels_q, labels_db)
     if R.max(initial=0) > I.shape[1]:
         raise ValueError(f"mAP@R needs {R.max()} neighbours per query, got {I.shape[1]}")
     ranks = np.arange(1, I.shape[1] + 1)
@@ -69,9 +76,7 @@ def size_blind_top1_ceiling(group_q: npt.ArrayLike, group_db: npt.ArrayLike) -> 
     in the gallery). Sizes of a colourway differ only in scale (catalog.sized_shape) and the embedder
     is trained size-invariant (its classes are model + colourway groups), so this bounds its top-1
     until something reads the frame's size."""
-    uniq, counts = np.unique(np.asarray(group_db), return_counts=True)
-    pos = np.searchsorted(uniq, np.asarray(group_q))
-    pos = np.clip(pos, 0, max(len(uniq) - 1, 0))
-    if len(uniq) == 0 or not np.array_equal(uniq[pos], np.asarray(group_q)):
+    counts = _gallery_counts(group_q, group_db)
+    if (counts == 0).any():
         raise ValueError("every query group must be in the gallery")
-    return float(np.mean(1.0 / counts[pos])) if len(pos) else 0.0
+    return float(np.mean(1.0 / counts)) if len(counts) else 0.0
