@@ -783,14 +783,14 @@ def render_crop_batch(
     flip: bool | None = None,
     camera: CameraConfig | None = None,
     return_masks: bool = False,
-    jitter: CropJitter = CropJitter(),
+    jitter: CropJitter | None = None,
 ):
     """Render skus (None entries: bare faces) on cached face crops, directly at crop resolution.
 
     Returns (N, H, W, 3) uint8, plus a list of N GlassesMasks when return_masks=True. Faces are
     drawn at random unless face_index is given; each sample is mirrored with probability 0.5 unless
     flip says otherwise (the template is left-right symmetric), and the fit jitters per sample.
-    jitter (off by default) misaligns each face crop as the aligner would, before the glasses are
+    jitter (None or all zero: off) misaligns each face crop as the aligner would, before the glasses are
     drawn on it (they sit on the jittered face). camera (optional) degrades every crop afterwards
     (masks are not affected)."""
     n = len(skus)
@@ -801,7 +801,7 @@ def render_crop_batch(
     for i, sku in enumerate(skus):
         f = int(idx[i])
         mirror = bool(rng.random() < 0.5) if flip is None else flip
-        if jitter.active:
+        if jitter is not None and jitter.active:
             canvas, kp, temples = jittered_face(faces, f, jitter_matrix(jitter, rng, faces.template))
         else:
             canvas = faces.crops[f].astype(F32)

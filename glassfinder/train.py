@@ -605,11 +605,11 @@ class RenderedCropSource:
         self.pick_faces = face_picker(faces.face_ids, real_share)
 
     def render(self, labels: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
-        from glassfinder.renderer import CropJitter, render_crop_batch
+        from glassfinder.renderer import render_crop_batch
 
         skus = [self.groups[c][int(rng.integers(len(self.groups[c])))] for c in labels]
         crops = render_crop_batch(skus, self.faces, rng, face_index=self.pick_faces(len(skus), rng),
-                                  jitter=self.jitter or CropJitter())
+                                  jitter=self.jitter)
         return _camera(crops, self.cameras, rng)
 
 
@@ -710,7 +710,7 @@ def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
 
 def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: float = 0.5, jitter: Any = None) -> Any:
     from glassfinder.gate_data import MixedGateSource
-    from glassfinder.renderer import CropJitter, render_crop_batch
+    from glassfinder.renderer import render_crop_batch
 
     eyeglasses = [s for s in skus if not s.is_sunglasses]
     sunglasses = [s for s in skus if s.is_sunglasses]
@@ -720,7 +720,7 @@ def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: fl
         if not items:
             return np.zeros((0, *faces.crops.shape[1:]), np.uint8)
         crops = render_crop_batch(items, faces, rng, face_index=pick_faces(len(items), rng),
-                                  jitter=jitter or CropJitter())
+                                  jitter=jitter)
         return _camera(crops, cameras, rng)
 
     def glasses(n: int, sun: bool, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
