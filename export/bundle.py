@@ -294,9 +294,10 @@ def build_bundle(out: str | Path, models: BundleModels | None = None, cfg: Bundl
     skus = catalog.by_split("gallery")[: cfg.n_gallery]
     ecfg = EvalConfig(catalog_seed=cfg.catalog_seed, n_gallery=len(skus), renders_per_sku=cfg.renders_per_sku,
                       gallery_faces=cfg.gallery_faces, seed=cfg.seed)
-    xb_int8, xb_float = enroll_gallery(skus, [_embed_with(exported["embedder"][shipped["embedder"]]),
-                                              lambda crops: embed_images(models.embedder, crops)], ecfg, progress)
-    xt = pq_training_vectors(catalog.by_split("train"), _embed_with(exported["embedder"][shipped["embedder"]]), cfg.pq_train_vectors, cfg.seed)
+    embed_shipped = _embed_with(exported["embedder"][shipped["embedder"]])
+    xb_int8, xb_float = enroll_gallery(skus, [embed_shipped, lambda crops: embed_images(models.embedder, crops)],
+                                       ecfg, progress)
+    xt = pq_training_vectors(catalog.by_split("train"), embed_shipped, cfg.pq_train_vectors, cfg.seed)
     gallery = build_gallery(xb_int8, None, spec, seed=cfg.seed, train_vectors=xt)
     write_gallery(gallery, stage / "gallery.gfpq")
     (stage / "skus.json").write_text(json.dumps({"skus": [_sku_record(s) for s in skus]}, indent=1) + "\n")
