@@ -18,7 +18,7 @@ Infinities and NaN are written `Infinity`, `-Infinity`, `NaN` (what Java and Swi
 Stages covered (block name prefixes): image_limits, letterbox, tiles, normalize, anchors, decode, nms, project,
 similarity, affine, warp (plain and prefiltered), align_crop, landmarks, preprocess, int8 (int8 and
 uint8 quantize/dequantize), gate (gate_decision), l2_normalize, pq (with the Refine(SQ8) re-ranking), manifest, find_face (the candidate
-loop and the tiled fallback of pipeline.find_face, over fake detector and aligner models).
+loop, the tiled fallback and the re-crop presence rule of pipeline.find_face, over fake detector and aligner models).
 The consumers compare integers exactly and floats with named tolerances (android_stub/.../GoldenCheck.kt,
 ios_stub/Tests/GlassFinderTests/GoldenTests.swift).
 
@@ -694,8 +694,8 @@ class _FakeDetector:
 
 
 class _FakeAligner:
-    """An aligner "model": always the same raw mesh (crop pixels), face flag from the crop's mean
-    pixel (the crop itself is byte-exact on every platform). Records the mean of every crop."""
+    """An aligner "model": always the same raw (468, 3) mesh (crop pixels), face flag from the crop's
+    mean pixel (the crop itself is byte-exact on every platform). Records the mean of every crop."""
 
     def __init__(self, raw: np.ndarray) -> None:
         self.raw, self.means = raw, []
@@ -727,7 +727,12 @@ def _find_face(w: GoldenWriter, rng: np.random.Generator) -> None:
     patch: case `whole`, the largest detection (dark) is rejected and the second (bright) confirmed
     after `refine` passes; case `tiled`, max_candidates=1 leaves only the dark face in the
     whole-photo pass, and the tiled pass finds the bright one in two overlapping tiles (merged);
-    case `none`, nothing is confirmed and the whole-photo detections come back with index -1."""
+    case `none`, nothing is confirmed and the whole-photo detections come back with index -1;
+    case `recrop`, the only detection sits left of the patch and the fake mesh sits right of the
+    crop centre (fake_aligner.shift, crop pixels; 0 in the other cases), so the first pass scores
+    below the threshold, the first re-crop lands on the patch and scores above, the second
+    re-crop overshoots and scores below again: confirmed with the best presence of all passes
+    and the last pass's mesh (pipeline.locate_landmarks)."""
     spec = detect.DetectorSpec()
     anchors = detect.generate_anchors(spec.anchors)
     mesh_opts = landmarks.MeshOptions()
@@ -764,7 +769,11 @@ def _find_face(w: GoldenWriter, rng: np.random.Generator) -> None:
                    3: [tile(32, 0, 35.5, 6.5, 53.5, 25.5, 1.0)], 6: [tile(32, 16, 40.0, 34.0, 46.0, 40.0, 0.5)]}),
         "none": (pipeline.FaceSearchOptions(refine=1, tile_rows=2, max_candidates=4),
                  {0: [dark_big, dark_small], 5: [tile(16, 16, 20.0, 30.0, 28.0, 38.0, 1.0)]}),
+        "recrop": (pipeline.FaceSearchOptions(refine=2, tile_rows=2, max_candidates=4),
+                   {0: [whole(14.0, 6.0, 34.0, 26.0, 2.0)]}),
     }
+    # Mesh offsets (crop px): 128 crop px of the recrop case's 30-px roi move each re-crop 20 px right.
+    shifts = {"whole": (0.0, 0.0), "tiled": (0.0, 0.0), "none": (0.0, 0.0), "recrop": (128.0, 0.0)}
     for tag, (opts, faces_by_call) in cases.items():
         rows = [r for call, faces in faces_by_call.items()
                 for r in _fake_face_rows(call, faces, anchors, spec.input_size, spec.decode)]
@@ -773,10 +782,14 @@ def _find_face(w: GoldenWriter, rng: np.random.Generator) -> None:
         raw = np.stack([r[2] for r in rows])
         logits = np.array([r[3] for r in rows], dtype=np.float32)
         run_detector = _FakeDetector(calls, anchor_idx, raw, logits, anchors.shape[0])
-        run_aligner = _FakeAligner(raw_mesh)
+        shift = np.array(shifts[tag], dtype=np.float32)
+        case_mesh = raw_mesh.copy()
+        case_mesh[:, :2] += shift  # float32 adds, as the stubs do
+        run_aligner = _FakeAligner(case_mesh)
         det, i, mesh, presence = pipeline.find_face(image, run_detector, run_aligner, spec, anchors, mesh_opts, opts)
         p = f"find_face.{tag}"
         w.array(f"{p}.options", [opts.refine, opts.tile_rows, opts.max_candidates], "i64")
+        w.array(f"{p}.fake_aligner.shift", shift, "f32")
         w.array(f"{p}.fake_detector.call", calls, "i64")
         w.array(f"{p}.fake_detector.anchor", anchor_idx, "i64")
         w.array(f"{p}.fake_detector.raw", raw, "f32")

@@ -244,17 +244,19 @@ def face_mesh(image: Image.Image, roi: L.FaceRoi, run_aligner: ModelFn, opts: L.
 
 def locate_landmarks(image: Image.Image, det: D.Detections, i: int, run_aligner: ModelFn, opts: L.MeshOptions,
                      refine: int = 1, reduced: ReducedImages | None = None) -> tuple[npt.NDArray[np.float32], float]:
-    """(468, 3) mesh of detection i and its presence score, after `refine` re-crops from the mesh
-    (MediaPipe's tracking roi, tighter on tilted heads). reduced: as in face_mesh (made here if None)."""
+    """(468, 3) mesh of detection i after `refine` re-crops from the mesh (MediaPipe's tracking roi,
+    tighter on tilted heads), and the best presence score of all passes. The re-crops always run:
+    on blurred, dark or small faces the detector's loose roi often scores below the threshold while
+    the re-crop centred on the mesh clears it. reduced: as in face_mesh (made here if None)."""
     reduced = ReducedImages(image) if reduced is None else reduced
     kp = det.keypoints[i]
     roi = L.face_roi(det.boxes[i], kp[D.FaceKeypoint.RIGHT_EYE], kp[D.FaceKeypoint.LEFT_EYE], opts.roi_scale)
     mesh, presence = face_mesh(image, roi, run_aligner, opts, reduced)
+    best = presence
     for _ in range(refine):
-        if presence < opts.presence_threshold:
-            break
         mesh, presence = face_mesh(image, L.roi_from_mesh(mesh, opts.roi_scale), run_aligner, opts, reduced)
-    return mesh, presence
+        best = max(best, presence)
+    return mesh, best
 
 
 def find_face(image: Image.Image, run_detector: ModelFn, run_aligner: ModelFn, spec: D.DetectorSpec,

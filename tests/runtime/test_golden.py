@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glassfinder_runtime import detect, gallery, golden
+from glassfinder_runtime import detect, gallery, golden, landmarks
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / golden.GOLDEN_NAME
 # Relative differences that are kernel rounding, not a change of the runtime (a few ulps).
@@ -103,33 +103,46 @@ def test_every_block_has_its_declared_shape_and_special_values_are_spelled_for_j
 
 def test_find_face_block_pins_the_candidate_loop_and_the_tiled_fallback() -> None:
     """The fake-model cases of golden.py do what they are there for, so the stubs are checked on each
-    path of pipeline.find_face: a rejected first candidate, a face only the tiled pass confirms, none."""
+    path of pipeline.find_face: a rejected first candidate, a face only the tiled pass confirms, none,
+    and a face only a re-crop confirms (the best presence of all passes decides)."""
     g = golden.read_golden(FIXTURE)
     threshold = 0.5  # landmarks.MeshOptions().presence_threshold, as written in find_face.mesh_options
     assert f'"presence_threshold":{threshold}' in g["find_face.mesh_options"]
     offset, scale = g["find_face.fake_aligner.flag"]
 
     def presences(tag: str) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-((g[f"find_face.{tag}.aligner_means"] - offset) / scale)))
+        """Presence of every aligner pass of a case, as the fake aligner's float32 flag gives it."""
+        means = g[f"find_face.{tag}.aligner_means"]
+        return np.array([landmarks.presence_score(np.float32((m - offset) / scale)) for m in means])
 
     whole = detect.Detections(g["find_face.whole.boxes"], g["find_face.whole.keypoints"], g["find_face.whole.scores"])
     order = detect.by_prominence(whole)
     refine = int(g["find_face.whole.options"][0])
-    # whole: one detector pass; the largest face is rejected (one aligner call), the next is confirmed
-    # after `refine` re-crops.
+    # whole: one detector pass; the largest face is rejected after all its 1 + refine aligner passes,
+    # the next is confirmed after its 1 + refine passes.
     assert g["find_face.whole.detector_calls"].tolist() == [1]
     assert g["find_face.whole.index"].tolist() == [order[1]]
     p = presences("whole")
-    assert p[0] < threshold <= p[1] and len(p) == 2 + refine and g["find_face.whole.presence"][0] >= threshold
+    assert len(p) == 2 * (1 + refine) and (p[: 1 + refine] < threshold).all() and (p[1 + refine:] >= threshold).all()
+    assert g["find_face.whole.presence"][0] == p[1 + refine:].max()
     # tiled: max_candidates=1 rejects the whole-photo pass; every tile is run and the merged tiles confirm one.
-    _, tile_rows, max_candidates = g["find_face.tiled.options"]
+    refine_tiled, tile_rows, max_candidates = g["find_face.tiled.options"]
     height, width = g["find_face.image"].shape[:2]
     tiles = detect.tile_windows(int(width), int(height), int(tile_rows))
     assert max_candidates == 1 and g["find_face.tiled.detector_calls"].tolist() == [1 + len(tiles)]
-    assert g["find_face.tiled.index"][0] >= 0 and presences("tiled")[0] < threshold
+    assert g["find_face.tiled.index"][0] >= 0 and (presences("tiled")[: 1 + refine_tiled] < threshold).all()
     # none: nothing confirmed in either pass; the whole-photo detections come back with index -1.
     assert g["find_face.none.index"].tolist() == [-1] and g["find_face.none.mesh"].shape == (0, 3)
     assert (presences("none") < threshold).all() and g["find_face.none.detector_calls"][0] == 1 + len(tiles)
+    # recrop: one detection; its first pass and its last re-crop score below the threshold, the first
+    # re-crop above: confirmed in the whole-photo pass (skipping the re-crops after a low first pass,
+    # or keeping the last pass's score, would refuse it) with the best presence and a mesh.
+    assert g["find_face.recrop.fake_aligner.shift"].tolist() != [0.0, 0.0]
+    assert g["find_face.recrop.index"].tolist() == [0] and g["find_face.recrop.detector_calls"].tolist() == [1]
+    p = presences("recrop")
+    assert len(p) == 1 + int(g["find_face.recrop.options"][0]) == 3
+    assert p[0] < threshold <= p[1] and p[2] < threshold
+    assert g["find_face.recrop.presence"][0] == p.max() and g["find_face.recrop.mesh"].shape == (468, 3)
 
 
 def test_refine_block_re_ranks_a_real_shortlist_and_pins_its_ties() -> None:

@@ -140,19 +140,23 @@ public func faceMesh(_ image: RgbImage, _ roi: FaceRoi, _ runAligner: ModelFn, _
     return (try decodeLandmarks(out[0], A, numLandmarks: opts.numLandmarks), presenceScore(out[1][0]))
 }
 
-/// pipeline.locate_landmarks: mesh of detection i and its presence score, after `refine` re-crops from the mesh.
+/// pipeline.locate_landmarks: mesh of detection i after `refine` re-crops from the mesh (MediaPipe's
+/// tracking roi, tighter on tilted heads), and the best presence score of all passes. The re-crops
+/// always run: on blurred, dark or small faces the detector's loose roi often scores below the
+/// threshold while the re-crop centred on the mesh clears it.
 public func locateLandmarks(_ image: RgbImage, _ det: Detections, _ i: Int, _ runAligner: ModelFn, _ opts: MeshOptions,
                             refine: Int = 1) throws -> ([Float], Double) {
     let k = det.numKeypoints
     func kp(_ j: Int) -> [Double] { [Double(det.keypoints[2 * (i * k + j)]), Double(det.keypoints[2 * (i * k + j) + 1])] }
     let box = (0..<4).map { Double(det.boxes[4 * i + $0]) }
     let roi = faceRoi(box: box, rightEye: kp(0), leftEye: kp(1), scale: opts.roiScale)  // detect.FaceKeypoint RIGHT_EYE, LEFT_EYE
-    var (mesh, presence) = try faceMesh(image, roi, runAligner, opts)
+    var (mesh, best) = try faceMesh(image, roi, runAligner, opts)
     for _ in 0..<max(refine, 0) {
-        if presence < opts.presenceThreshold { break }
-        (mesh, presence) = try faceMesh(image, roiFromMesh(mesh, scale: opts.roiScale), runAligner, opts)
+        let (next, presence) = try faceMesh(image, roiFromMesh(mesh, scale: opts.roiScale), runAligner, opts)
+        mesh = next
+        best = max(best, presence)
     }
-    return (mesh, presence)
+    return (mesh, best)
 }
 
 /// pipeline.find_face's result: detections of the pass that confirmed a face (the whole-photo ones if

@@ -343,9 +343,11 @@ final class GoldenTests: XCTestCase {
         let anchors = generateAnchors(spec.anchors), numAnchors = anchors.count / 4, numCoords = spec.decode.numCoords
         let background = try g["find_face.fake_detector.background_logit"].floats()[0]
         let flag = try g["find_face.fake_aligner.flag"].doubles(), rawMesh = try g["find_face.fake_aligner.raw"].floats()
-        for tag in ["whole", "tiled", "none"] {
+        for tag in ["whole", "tiled", "none", "recrop"] {
             let p = "find_face.\(tag)"
             let o = try g["\(p).options"].ints()
+            let shift = try g["\(p).fake_aligner.shift"].floats()  // crop pixels, added to x and y
+            let caseMesh = rawMesh.enumerated().map { $0.offset % 3 < 2 ? $0.element + shift[$0.offset % 3] : $0.element }
             let calls = try g["\(p).fake_detector.call"].ints(), anchorIdx = try g["\(p).fake_detector.anchor"].ints()
             let raw = try g["\(p).fake_detector.raw"].floats(), rowLogits = try g["\(p).fake_detector.logit"].floats()
             var detectorCalls = 0, regions: [Region] = [], means: [Double] = []
@@ -363,7 +365,7 @@ final class GoldenTests: XCTestCase {
             let runAligner: ModelFn = { crop in
                 let mean = Double(crop.pixels.reduce(0) { $0 + Int($1) }) / Double(crop.pixels.count)
                 means.append(mean)
-                return [rawMesh, [Float((mean - flag[0]) / flag[1])]]
+                return [caseMesh, [Float((mean - flag[0]) / flag[1])]]
             }
             let found = try findFace(image, runDetector, runAligner, spec, anchors: anchors, meshOpts: meshOpts,
                                      opts: FaceSearchOptions(refine: o[0], tileRows: o[1], maxCandidates: o[2]))

@@ -289,7 +289,7 @@ fun checkPipeline(g: Golden, c: Checker) {
 
 /** pipeline.find_face over the fake models golden.py describes: a detector returning the listed raw rows
  * on its c-th call (every other anchor: zeros and the background logit), an aligner returning a fixed
- * raw mesh and a face flag from its crop's mean pixel. */
+ * raw mesh (moved by the case's fake_aligner.shift, crop pixels) and a face flag from its crop's mean pixel. */
 fun checkFindFace(g: Golden, c: Checker) {
     val image = image(g["find_face.image"])
     val spec = DetectorSettings(AnchorOptions.fromJson(JsonObject.parse(g.text("find_face.anchor_options"), "find_face.anchor_options")),
@@ -301,9 +301,11 @@ fun checkFindFace(g: Golden, c: Checker) {
     val background = g["find_face.fake_detector.background_logit"].floats()[0]
     val flag = g["find_face.fake_aligner.flag"].doubles()
     val rawMesh = g["find_face.fake_aligner.raw"].floats()
-    for (tag in listOf("whole", "tiled", "none")) {
+    for (tag in listOf("whole", "tiled", "none", "recrop")) {
         val p = "find_face.$tag"
         val o = g["$p.options"].ints()
+        val shift = g["$p.fake_aligner.shift"].floats()
+        val caseMesh = FloatArray(rawMesh.size) { if (it % 3 < 2) rawMesh[it] + shift[it % 3] else rawMesh[it] }  // x, y moved
         val calls = g["$p.fake_detector.call"].ints()
         val anchorIdx = g["$p.fake_detector.anchor"].ints()
         val raw = g["$p.fake_detector.raw"].floats()
@@ -327,7 +329,7 @@ fun checkFindFace(g: Golden, c: Checker) {
             for (b in crop.pixels) sum += (b.toInt() and 0xFF)
             val mean = sum.toDouble() / crop.pixels.size
             means.add(mean)
-            listOf(rawMesh, floatArrayOf(((mean - flag[0]) / flag[1]).toFloat()))
+            listOf(caseMesh, floatArrayOf(((mean - flag[0]) / flag[1]).toFloat()))
         }
         val found = findFace(image, runDetector, runAligner, spec, anchors, meshOpts, FaceSearchOptions(o[0], o[1], o[2]))
         c.ints("find_face", "$p.detector_calls", g["$p.detector_calls"].longs(), intArrayOf(detectorCalls))

@@ -153,22 +153,23 @@ fun faceMesh(image: RgbImage, roi: FaceRoi, runAligner: ModelFn, opts: MeshOptio
     return decodeLandmarks(out[0], A, opts.numLandmarks) to presenceScore(out[1][0])
 }
 
-/** pipeline.locate_landmarks: mesh of detection i and its presence score, after `refine` re-crops
- * from the mesh (MediaPipe's tracking roi, tighter on tilted heads). */
+/** pipeline.locate_landmarks: mesh of detection i after `refine` re-crops from the mesh (MediaPipe's
+ * tracking roi, tighter on tilted heads), and the best presence score of all passes. The re-crops
+ * always run: on blurred, dark or small faces the detector's loose roi often scores below the
+ * threshold while the re-crop centred on the mesh clears it. */
 fun locateLandmarks(image: RgbImage, det: Detections, i: Int, runAligner: ModelFn, opts: MeshOptions,
                     refine: Int = 1): Pair<FloatArray, Double> {
     val k = det.numKeypoints
     fun kp(j: Int) = doubleArrayOf(det.keypoints[2 * (i * k + j)].toDouble(), det.keypoints[2 * (i * k + j) + 1].toDouble())
     val box = DoubleArray(4) { det.boxes[4 * i + it].toDouble() }
     val roi = faceRoi(box, kp(RIGHT_EYE), kp(LEFT_EYE), opts.roiScale)
-    var (mesh, presence) = faceMesh(image, roi, runAligner, opts)
+    var (mesh, best) = faceMesh(image, roi, runAligner, opts)
     for (pass in 0 until refine) {
-        if (presence < opts.presenceThreshold) break
         val next = faceMesh(image, roiFromMesh(mesh, opts.roiScale), runAligner, opts)
         mesh = next.first
-        presence = next.second
+        best = maxOf(best, next.second)
     }
-    return mesh to presence
+    return mesh to best
 }
 
 /** detect.FaceKeypoint indices of the eyes in the detector's keypoints. */
