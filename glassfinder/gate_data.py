@@ -257,8 +257,14 @@ class ShapesCropSource:
                          r.uniform(0.3, 0.7) * w, r.uniform(0.3, 0.7) * h) for r in self._params]
 
     def render(self, labels: npt.NDArray[np.int64], rng: np.random.Generator) -> Images:
+        return self.render_sized(labels, rng)[0]
+
+    def render_sized(self, labels: npt.NDArray[np.int64], rng: np.random.Generator) -> tuple[
+            Images, npt.NDArray[np.float32]]:
+        """-> (n, h, w, 3) crops and (n,) stand-in lens widths in mm: 33 + 1.5 x the drawn half-width in
+        pixels (about 43..68, around the size head's reference)."""
         x, y = _grid(self.h, self.w)
-        out = []
+        out, sizes = [], []
         for c in labels:
             kind, fg, bg, a, b, cx, cy = self._params[int(c)]
             img = np.ones((self.h, self.w, 3), F32) * bg
@@ -269,7 +275,9 @@ class ShapesCropSource:
                    np.abs(_ellipse_sdf(x, y, cx, cy, a * s, b * s)) - 2.5)
             _paint(img, sdf, fg)
             out.append(_finish(img, rng))
-        return np.stack(out) if out else np.zeros((0, self.h, self.w, 3), np.uint8)
+            sizes.append(33.0 + 1.5 * a * s)
+        images = np.stack(out) if out else np.zeros((0, self.h, self.w, 3), np.uint8)
+        return images, np.asarray(sizes, np.float32)
 
 
 def shapes_gate_source(h: int = 64, w: int = 128) -> MixedGateSource:

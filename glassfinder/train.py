@@ -37,13 +37,17 @@ from tqdm import tqdm
 
 from glassfinder.losses import LOSS_NAMES, MetricLoss, build_loss
 from glassfinder.models.embedder import (
+    SIZE_REF_MM,
+    SIZE_UNIT_MM,
     Embedder,
     EmbedderConfig,
     build_embedder,
     embed_images,
     images_to_tensor,
+    predict_lens_width,
     read_weights,
     save_weights,
+    sizeless_state,
 )
 from glassfinder.models.gate import NONE_CLASS, Gate, GateConfig, build_gate, gate_scores
 from glassfinder_runtime.errors import ConfigError
@@ -83,6 +87,9 @@ class TrainConfig:
     # 0: perfectly aligned crops, which the models never get at query time.
     crop_jitter: float = 1.0
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
+    # Embedder with a size read-out (EmbedderConfig.size_bins > 0): weight of the lens-width
+    # regression (mean squared error in units of SIZE_UNIT_MM) added to the metric loss.
+    size_loss_weight: float = 1.0
 
     @property
     def batch_size(self) -> int:
@@ -120,6 +127,15 @@ class CropSource(Protocol):
         ...
 
 
+class SizedCropSource(CropSource, Protocol):
+    """A CropSource that also says how large each rendered frame is (for the embedder's size head)."""
+
+    def render_sized(self, labels: npt.NDArray[np.int64], rng: np.random.Generator) -> tuple[
+            npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+        """(n,) class labels -> (n, H, W, 3) uint8 crops, (n,) lens widths in mm of the frames drawn."""
+        ...
+
+
 class GateSource(Protocol):
     """Draws labelled gate crops (GATE_CLASSES order: eyeglasses, sunglasses, none)."""
 
@@ -134,6 +150,15 @@ class EmbedderData:
     val_enroll: CropSource  # VAL split groups on the faces used for enrolment
     val_query: CropSource  # the same VAL groups (same label order) on other faces, with a camera shift
     val_query_jittered: CropSource | None = None  # val_query with aligner-like crop misalignment (optional)
+    # For a size read-out: VAL classes that are single SKUs (sizes apart), to choose size_scale on.
+    val_skus: SkuValData | None = None
+
+
+@dataclass(frozen=True)
+class SkuValData:
+    enroll: CropSource  # class i = VAL SKU i, on the enrolment faces (gallery camera)
+    query: CropSource  # the same SKUs on the query faces, query camera, misaligned like the aligner's crops
+    groups: npt.NDArray[np.int64]  # (n_skus,) group of each SKU: sizes of one frame share a group
 
 
 @dataclass(frozen=True)
@@ -286,14 +311,27 @@ def _load_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 
 class _EmbedderWithLoss(nn.Module):
-    """Model + loss in one module, so DDP averages the gradients of both (ArcFace centres too)."""
+    """Model + loss in one module, so DDP averages the gradients of both (ArcFace centres too).
 
-    def __init__(self, model: Embedder, loss: MetricLoss):
+    The metric loss sees the appearance part only; with a size head, targets are (labels, lens
+    widths in mm) and the size regression's squared error is added with weight size_weight."""
+
+    def __init__(self, model: Embedder, loss: MetricLoss, size_weight: float = 0.0):
         super().__init__()
-        self.model, self.loss = model, loss
+        self.model, self.loss, self.size_weight = model, loss, size_weight
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss(self.model(x), labels)
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        labels, lens_mm = targets if isinstance(targets, tuple) else (targets, None)
+        appearance, size = self.model.forward_parts(x)
+        loss = self.loss(nn.functional.normalize(appearance, dim=1), labels)
+        if size is not None and lens_mm is not None:
+            loss = loss + self.size_weight * nn.functional.mse_loss(size[:, 0], size_units(lens_mm))
+        return loss
+
+
+def size_units(lens_mm: torch.Tensor) -> torch.Tensor:
+    """Lens widths in mm -> the size head's regression target."""
+    return (lens_mm.float() - SIZE_REF_MM) / SIZE_UNIT_MM
 
 
 class _GateWithLoss(nn.Module):
@@ -323,10 +361,12 @@ def _param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 StepCallback = Callable[[int, nn.Module], None]
+# A batch's targets: (n,) int64 labels, or (labels, (n,) float32 lens widths in mm) for the size head.
+Targets = npt.NDArray[np.int64] | tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
 
 def _run(cfg: TrainConfig, name: str, module: nn.Module, preprocess: Callable[[npt.NDArray[np.uint8]], torch.Tensor],
-         make_batch: Callable[[np.random.Generator], tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]],
+         make_batch: Callable[[np.random.Generator], tuple[npt.NDArray[np.uint8], Targets]],
          validate: Callable[[], dict[str, float]], d: _Dist, extra_meta: dict[str, Any],
          on_step: StepCallback | None) -> tuple[int, list[dict[str, Any]]]:
     """Train `module` (model + loss) from its checkpoint or from scratch up to cfg.steps.
@@ -370,9 +410,10 @@ def _run(cfg: TrainConfig, name: str, module: nn.Module, preprocess: Callable[[n
             lr = learning_rate(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
-            images, labels = make_batch(step_rng(cfg.seed, d.rank, step))
+            images, targets = make_batch(step_rng(cfg.seed, d.rank, step))
             x = preprocess(images).to(d.device, non_blocking=True)
-            y = torch.from_numpy(labels).to(d.device)
+            y = (tuple(torch.from_numpy(t).to(d.device) for t in targets) if isinstance(targets, tuple)
+                 else torch.from_numpy(targets).to(d.device))
             loss = wrapped(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -414,14 +455,25 @@ def _finish(d: _Dist) -> None:
 
 
 def _init_from(model: nn.Module, model_cfg: Any, path: str | None) -> dict[str, Any]:
-    """Load starting weights for fine-tuning; returns their sidecar's training record ({} when none)."""
+    """Load starting weights for fine-tuning; returns their sidecar's training record ({} when none).
+
+    An embedder without a size read-out may start one that has it (the size head starts fresh)."""
     if path is None:
         return {}
     state, side = read_weights(path)
-    if type(model_cfg).from_dict(side["config"]) != model_cfg:
+    source_cfg = type(model_cfg).from_dict(side["config"])
+    if isinstance(model_cfg, EmbedderConfig) and source_cfg.size_bins == 0 and model_cfg.size_bins > 0 \
+            and replace(model_cfg, **_size_fields(source_cfg)) == source_cfg:
+        model.load_state_dict(sizeless_state(state, model_cfg), strict=False)
+    elif source_cfg != model_cfg:
         raise ConfigError(f"{path}: its config differs from the model being trained; cannot start from it")
-    model.load_state_dict(state)
+    else:
+        model.load_state_dict(state)
     return {"weights": str(path), "train": side.get("train", {}), "validation": side.get("validation", {})}
+
+
+def _size_fields(cfg: EmbedderConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in ("size_bins", "size_min_mm", "size_step_mm", "size_radius_bins", "size_scale")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,22 +500,28 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
     d = _setup(cfg)
     try:
         data = data if data is not None else default_embedder_data(cfg)
+        sized = model_cfg.size_bins > 0
+        if sized and not all(hasattr(s, "render_sized") for s in (data.train, data.val_query)):
+            raise ConfigError("an embedder with a size read-out needs crop sources that report frame sizes")
         model = build_embedder(model_cfg)
         init = _init_from(model, model_cfg, cfg.init_weights)
-        loss = build_loss(cfg.loss, data.train.num_classes, model_cfg.embedding_dim)
-        module = _EmbedderWithLoss(model, loss)
+        loss = build_loss(cfg.loss, data.train.num_classes, model_cfg.appearance_dim)
+        module = _EmbedderWithLoss(model, loss, cfg.size_loss_weight if sized else 0.0)
         val_set: dict[str, Any] = {}
 
         def preprocess(images: npt.NDArray[np.uint8]) -> torch.Tensor:
             return images_to_tensor(images, model_cfg.mean, model_cfg.std)
 
-        def make_batch(rng: np.random.Generator) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        def make_batch(rng: np.random.Generator) -> tuple[npt.NDArray[np.uint8], Targets]:
             labels = pk_labels(data.train.num_classes, cfg.classes_per_batch, cfg.samples_per_class, rng)
+            if sized:
+                images, lens_mm = data.train.render_sized(labels, rng)
+                return images, (labels, lens_mm.astype(np.float32))
             return data.train.render(labels, rng), labels
 
         def validate() -> dict[str, float]:
             if not val_set:  # rendered once, lazily, from a fixed seed
-                val_set.update(_embedder_val_set(data, cfg))
+                val_set.update(_embedder_val_set(data, cfg, sized))
             g = embed_images(model, val_set["enroll"])
             gallery, glabels = enroll(g, val_set["enroll_labels"])
             out = recall_at_k(gallery, glabels, embed_images(model, val_set["query"]), val_set["query_labels"])
@@ -471,6 +529,11 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
                 q = embed_images(model, val_set["query_jittered"])
                 out.update({f"jittered_{k}": v for k, v in
                             recall_at_k(gallery, glabels, q, val_set["query_labels"]).items()})
+            if sized:
+                for key, prefix in (("query", ""), ("query_jittered", "jittered_")):
+                    if f"{key}_lens_mm" in val_set:
+                        errors = size_errors(predict_lens_width(model, val_set[key]), val_set[f"{key}_lens_mm"])
+                        out.update({prefix + k: v for k, v in errors.items()})
             return out
 
         step, history = _run(cfg, "embedder", module, preprocess, make_batch, validate, d,
@@ -479,30 +542,101 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
         if d.rank == 0:
             weights = Path(cfg.out_dir) / "embedder.safetensors"
             model.cpu()
+            size_choice: dict[str, Any] = {}
+            if sized and data.val_skus is not None:  # like the gate threshold: chosen on VAL, stored with the weights
+                scale, table = choose_size_scale(model, data.val_skus, cfg.val_seed)
+                model.cfg = model_cfg = replace(model_cfg, size_scale=scale)
+                size_choice = {"size_scale_choice": {"chosen": scale, "split": "val (all VAL SKUs, misaligned "
+                                                     "queries on other faces)", "table": table}}
+                print(f"[embedder] size_scale {scale}: VAL SKU recall@1 "
+                      f"{max(r['sku_recall@1'] for r in table):.4f}", file=sys.stderr)
             save_weights(model, model_cfg, weights, {
                 "train": {"loss": cfg.loss, "steps": step, "batch": cfg.batch_size, "lr": cfg.lr,
                           "warmup_steps": cfg.warmup_steps,
                           "classes_per_batch": cfg.classes_per_batch, "samples_per_class": cfg.samples_per_class,
-                          "seed": cfg.seed, "num_classes": data.train.num_classes, "crop_jitter": cfg.crop_jitter},
+                          "seed": cfg.seed, "num_classes": data.train.num_classes, "crop_jitter": cfg.crop_jitter,
+                          "size_loss_weight": cfg.size_loss_weight if sized else 0.0},
                 "validation": history[-1] if history else {},
                 "validation_split": "val (catalog VAL split; enrolment and query renders on disjoint faces; "
                                     "jittered_*: the queries misaligned by renderer.ALIGNER_JITTER)",
                 "init": init,
+                **size_choice,
             })
         return TrainResult(weights, step, history)
     finally:
         _finish(d)
 
 
-def _embedder_val_set(data: EmbedderData, cfg: TrainConfig) -> dict[str, Any]:
+# Candidate size_scale values (weight of the size triangles against the appearance part); 0 = ignore size.
+SIZE_SCALES = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
+SKU_VAL_ENROLL = 4  # renders enrolled per VAL SKU when choosing size_scale (mean vector, like the gallery)
+
+
+@torch.no_grad()
+def embed_parts(model: Embedder, images: npt.NDArray[np.uint8], batch_size: int = 256) -> tuple[
+        npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """(n, H, W, 3) crops -> (appearance (n, A) raw, size triangles (n, size_bins) at size_scale 1)."""
+    model.eval()
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i in range(0, len(images), batch_size):
+        x = images_to_tensor(images[i:i + batch_size], model.cfg.mean, model.cfg.std)
+        a, size = model.forward_parts(x.to(next(model.parameters()).device))
+        parts.append((a.cpu(), model.size_triangles(size).cpu()))
+    return tuple(torch.cat(t).numpy() for t in zip(*parts))  # type: ignore[return-value]
+
+
+def with_size_scale(appearance: npt.NDArray[np.float32], triangles: npt.NDArray[np.float32],
+                    scale: float) -> npt.NDArray[np.float32]:
+    """(n, A) and (n, K) parts -> (n, A + K) unit embeddings with the triangles weighted by scale."""
+    z = np.concatenate([appearance, scale * triangles], axis=1)
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def choose_size_scale(model: Embedder, val: SkuValData, seed: int,
+                      scales: tuple[float, ...] = SIZE_SCALES) -> tuple[float, list[dict[str, float]]]:
+    """size_scale with the best SKU-level recall@1 of misaligned VAL queries among all VAL SKUs
+    (sibling sizes compete), and the table of every candidate (SKU and group recall@1, @10)."""
+    rng = np.random.default_rng(seed)
+    skus = np.arange(val.enroll.num_classes, dtype=np.int64)
+    labels = np.repeat(skus, SKU_VAL_ENROLL)
+    enrolled = embed_parts(model, val.enroll.render(labels, rng))
+    queries = embed_parts(model, val.query.render(skus, rng))
+    table = []
+    for scale in scales:
+        gallery, glabels = enroll(with_size_scale(*enrolled, scale), labels)
+        q = with_size_scale(*queries, scale)
+        sku = recall_at_k(gallery, glabels, q, skus, ks=(1, 10))
+        group = recall_at_k(gallery, val.groups[glabels], q, val.groups[skus], ks=(1, 10))
+        table.append({"size_scale": scale, "sku_recall@1": sku["recall@1"], "sku_recall@10": sku["recall@10"],
+                      "group_recall@1": group["recall@1"], "group_recall@10": group["recall@10"]})
+    best = max(table, key=lambda r: (r["sku_recall@1"], -r["size_scale"]))  # ties: the smaller weight
+    return float(best["size_scale"]), table
+
+
+def size_errors(predicted_mm: npt.NDArray[np.float32], true_mm: npt.NDArray[np.float32]) -> dict[str, float]:
+    """(n,) read-out and true lens widths -> mean absolute error and the share within 1 mm (sizes
+    of a frame are 2 mm apart, so within 1 mm picks the right one)."""
+    err = np.abs(np.asarray(predicted_mm, np.float64) - np.asarray(true_mm, np.float64))
+    return {"size_mae_mm": float(err.mean()), "size_within_1mm": float((err < 1.0).mean())}
+
+
+def _embedder_val_set(data: EmbedderData, cfg: TrainConfig, sized: bool = False) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.val_seed)
     n = min(cfg.val_classes, data.val_enroll.num_classes)
     classes = np.sort(rng.choice(data.val_enroll.num_classes, size=n, replace=False)).astype(np.int64)
     enroll_labels = np.repeat(classes, cfg.val_enroll)
-    out = {"enroll": data.val_enroll.render(enroll_labels, rng), "enroll_labels": enroll_labels,
-           "query": data.val_query.render(classes, rng), "query_labels": classes}
+    out = {"enroll": data.val_enroll.render(enroll_labels, rng), "enroll_labels": enroll_labels, "query_labels": classes}
+    # The sized render draws the same random numbers, so the val set is the same either way.
+    if sized:
+        out["query"], out["query_lens_mm"] = data.val_query.render_sized(classes, rng)
+    else:
+        out["query"] = data.val_query.render(classes, rng)
     if data.val_query_jittered is not None:  # its own generator: the clean set stays as it was
-        out["query_jittered"] = data.val_query_jittered.render(classes, np.random.default_rng([cfg.val_seed, 1]))
+        jrng = np.random.default_rng([cfg.val_seed, 1])
+        if sized:
+            out["query_jittered"], out["query_jittered_lens_mm"] = data.val_query_jittered.render_sized(classes, jrng)
+        else:
+            out["query_jittered"] = data.val_query_jittered.render(classes, jrng)
     return out
 
 
@@ -605,12 +739,16 @@ class RenderedCropSource:
         self.pick_faces = face_picker(faces.face_ids, real_share)
 
     def render(self, labels: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+        return self.render_sized(labels, rng)[0]
+
+    def render_sized(self, labels: npt.NDArray[np.int64], rng: np.random.Generator) -> tuple[
+            npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
         from glassfinder.renderer import render_crop_batch
 
         skus = [self.groups[c][int(rng.integers(len(self.groups[c])))] for c in labels]
         crops = render_crop_batch(skus, self.faces, rng, face_index=self.pick_faces(len(skus), rng),
                                   jitter=self.jitter)
-        return _camera(crops, self.cameras, rng)
+        return _camera(crops, self.cameras, rng), np.array([s.shape.lens_width_mm for s in skus], np.float32)
 
 
 def _train_jitter(cfg: TrainConfig) -> Any:
@@ -678,11 +816,12 @@ def _rank() -> int:
 
 
 def _cameras() -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """(training cameras, query camera): training mixes the gallery and the query presets; val
-    queries use the query preset (the camera shift the evaluation protocol asks for)."""
-    from glassfinder.camera import GALLERY_CAMERA, QUERY_CAMERA
+    """(training cameras, query camera): training mixes the gallery preset and the query preset as a
+    query's aligned crop sees it (camera.QUERY_CAMERA_AT_CROP: the blur of a whole scene); val
+    queries use the latter (the camera shift the evaluation protocol asks for)."""
+    from glassfinder.camera import GALLERY_CAMERA, QUERY_CAMERA_AT_CROP
 
-    return (GALLERY_CAMERA, QUERY_CAMERA), (QUERY_CAMERA,)
+    return (GALLERY_CAMERA, QUERY_CAMERA_AT_CROP), (QUERY_CAMERA_AT_CROP,)
 
 
 def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
@@ -697,14 +836,19 @@ def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
     half = len(val_faces) // 2
     train_cams, query_cams = _cameras()
     val_groups = group_skus(catalog.by_split("val"))
-    query_faces = FaceCropCache(val_faces[half:])
+    enroll_faces, query_faces = FaceCropCache(val_faces[:half]), FaceCropCache(val_faces[half:])
+    val_skus = [[sku] for group in val_groups for sku in group]  # one class per SKU, grouped by frame
     return EmbedderData(
         train=RenderedCropSource(group_skus(catalog.by_split("train")), train_faces, train_cams, cfg.real_face_share,
                                  _train_jitter(cfg)),
-        val_enroll=RenderedCropSource(val_groups, FaceCropCache(val_faces[:half]), (GALLERY_CAMERA,)),
+        val_enroll=RenderedCropSource(val_groups, enroll_faces, (GALLERY_CAMERA,)),
         val_query=RenderedCropSource(val_groups, query_faces, query_cams),
         # Gallery crops are aligned on ground truth; query crops come from the aligner.
         val_query_jittered=RenderedCropSource(val_groups, query_faces, query_cams, jitter=ALIGNER_JITTER),
+        val_skus=SkuValData(
+            enroll=RenderedCropSource(val_skus, enroll_faces, (GALLERY_CAMERA,)),
+            query=RenderedCropSource(val_skus, query_faces, query_cams, jitter=ALIGNER_JITTER),
+            groups=np.repeat(np.arange(len(val_groups)), [len(g) for g in val_groups]).astype(np.int64)),
     )
 
 
@@ -742,12 +886,13 @@ def default_gate_data(cfg: TrainConfig) -> GateData:
 
     catalog = build_catalog()
     train_faces, val_faces = _faces(cfg.real_faces_dir)
-    train_cams, _ = _cameras()
+    train_cams, query_cams = _cameras()
     val_cache = FaceCropCache(val_faces)
+    # Validated (and the threshold chosen) on crops as the pipeline's queries are: query camera.
     return GateData(train=_gate_source(catalog.by_split("train"), train_faces, train_cams, cfg.real_face_share,
                                        _train_jitter(cfg)),
-                    val=_gate_source(catalog.by_split("val"), val_cache, train_cams),
-                    val_jittered=_gate_source(catalog.by_split("val"), val_cache, train_cams, jitter=ALIGNER_JITTER))
+                    val=_gate_source(catalog.by_split("val"), val_cache, query_cams),
+                    val_jittered=_gate_source(catalog.by_split("val"), val_cache, query_cams, jitter=ALIGNER_JITTER))
 
 
 def gate_val_source(jitter: Any = None) -> Any:
@@ -756,7 +901,7 @@ def gate_val_source(jitter: Any = None) -> Any:
     from glassfinder.catalog import build_catalog
     from glassfinder.renderer import FaceCropCache
 
-    return _gate_source(build_catalog().by_split("val"), FaceCropCache(_val_faces()), _cameras()[0], jitter=jitter)
+    return _gate_source(build_catalog().by_split("val"), FaceCropCache(_val_faces()), _cameras()[1], jitter=jitter)
 
 
 def config_with(cfg: TrainConfig, **changes: Any) -> TrainConfig:

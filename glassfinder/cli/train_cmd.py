@@ -12,6 +12,8 @@ _EPILOG_EMBEDDER = """examples:
   glassfinder train embedder --loss subcenter-arcface --real-faces ~/faces
   glassfinder train embedder --init glassfinder/weights/embedder.safetensors --crop-jitter 1 \\
       --steps 3000 --lr 5e-4 --warmup 50 --out out/train/embedder_jit     # fine-tune on misaligned crops
+  glassfinder train embedder --init glassfinder/weights/embedder.safetensors --size-bins 20 \
+      --steps 3000 --lr 5e-4 --warmup 50 --out out/train/embedder_size   # learn to read the frame size
   torchrun --nproc_per_node 2 -m glassfinder train embedder --out out/ddp   # data-parallel
 
 Writes OUT/embedder.safetensors + embedder.json (config, training record, val recall@k),
@@ -78,6 +80,12 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
         if name == "embedder":
             m.add_argument("--loss", choices=LOSS_NAMES, default=DEFAULT_LOSS,
                            help=f"metric-learning loss (default {DEFAULT_LOSS}, the measured winner)")
+            m.add_argument("--size-bins", type=int, default=None, metavar="N",
+                           help="give the embedder a size read-out: the last N of its dimensions encode the "
+                                "lens width it reads from the crop, so search prefers the right size of a frame "
+                                "(0: none; default: as in --init's weights, else none)")
+            m.add_argument("--size-weight", type=float, default=d.size_loss_weight,
+                           help="weight of the lens-width regression in the loss (default %(default)s)")
         m.set_defaults(func=_run_embedder if name == "embedder" else _run_gate)
 
     b = bench.add_parser(
@@ -108,7 +116,8 @@ def _config(args: argparse.Namespace):
                        lr=args.lr, warmup_steps=args.warmup, loss=getattr(args, "loss", TrainConfig().loss), eval_every=args.eval_every,
                        checkpoint_every=args.checkpoint_every, seed=args.seed, resume=args.resume,
                        real_faces_dir=args.real_faces, real_face_share=args.real_share, init_weights=args.init,
-                       crop_jitter=args.crop_jitter, device=args.device)
+                       crop_jitter=args.crop_jitter, device=args.device,
+                       size_loss_weight=getattr(args, "size_weight", TrainConfig().size_loss_weight))
 
 
 def _report(result) -> int:
@@ -122,7 +131,22 @@ def _report(result) -> int:
 def _run_embedder(args: argparse.Namespace) -> int:
     from glassfinder.train import train_embedder
 
-    return _report(train_embedder(_config(args)))
+    return _report(train_embedder(_config(args), model_cfg=_embedder_config(args.init, args.size_bins)))
+
+
+def _embedder_config(init: str | None, size_bins: int | None):
+    """The model to train: --init's architecture (default config without --init), with --size-bins."""
+    from dataclasses import replace
+
+    from glassfinder.models.embedder import EmbedderConfig, read_weights
+
+    cfg = EmbedderConfig.from_dict(read_weights(init)[1]["config"]) if init else EmbedderConfig()
+    if size_bins is not None and size_bins != cfg.size_bins:
+        if cfg.size_bins:  # a sizeless model can start a sized one, not the other way round
+            raise ConfigError(f"{init}: has a size read-out of {cfg.size_bins} bins; "
+                              f"--size-bins {size_bins} cannot change it")
+        cfg = replace(cfg, size_bins=size_bins)
+    return cfg
 
 
 def _run_gate(args: argparse.Namespace) -> int:

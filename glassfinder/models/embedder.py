@@ -8,7 +8,15 @@ A small MobileNetV2-style CNN built to survive full-integer int8 conversion:
   plain average throws away; it is still one depthwise conv, which int8 handles well;
 - the graph that gets exported (`forward_features`) takes the already normalised input and returns
   the raw 128-d vector: input mean/std and the final L2-norm stay outside the int8 graph, at the
-  float boundaries, where the runtime applies them from the manifest.
+  float boundaries, where the runtime applies them from the manifest;
+- optionally (`size_bins` > 0) the last dimensions of that vector spell out the frame's *size*.
+  The sizes of a frame differ only in scale, so the metric loss, trained on model + colourway
+  groups, learns to ignore them. A small regression head reads the lens width from the crop (the
+  try-on fits frames at a fixed eye distance, so millimetres show as pixels relative to the eyes),
+  and encodes it as overlapping triangles over fixed lens-width bins. Their dot product falls
+  smoothly with the width difference, so plain cosine search over the whole vector prefers the
+  right size within a group, and the runtime, bundle and gallery formats stay unchanged. The
+  triangles are built from linear layers and ReLUs only, which int8 handles.
 """
 from __future__ import annotations
 
@@ -26,6 +34,9 @@ from torch.nn import functional as F
 from glassfinder_runtime.errors import ConfigError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# The size head regresses (lens width mm - SIZE_REF_MM) / SIZE_UNIT_MM: about unit variance on the catalog.
+SIZE_REF_MM = 54.0
+SIZE_UNIT_MM = 5.0
 DEFAULT_EMBEDDER_WEIGHTS = WEIGHTS_DIR / "embedder.safetensors"
 
 
@@ -55,6 +66,15 @@ class EmbedderConfig:
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     # --- head ---
     embedding_dim: int = 128  # output vector size; L2-normalised outside the int8 graph
+    # --- size read-out (0 bins: off) ---
+    # The last size_bins of the embedding_dims are triangles over lens widths size_min_mm + i * size_step_mm,
+    # each size_radius_bins bins wide on either side, times size_scale (their weight against the
+    # appearance part, whose norm is about sqrt(embedding_dim - size_bins) after the head's BN).
+    size_bins: int = 0
+    size_min_mm: float = 39.5
+    size_step_mm: float = 1.5
+    size_radius_bins: int = 3
+    size_scale: float = 2.5
 
     def __post_init__(self) -> None:
         if self.pooling not in ("gdc", "avg"):
@@ -63,6 +83,18 @@ class EmbedderConfig:
             raise ConfigError("EmbedderConfig supports layout NCHW and channel_order RGB only")
         if self.input_height % 16 or self.input_width % 16:
             raise ConfigError("EmbedderConfig input size must be a multiple of 16 (four stride-2 steps)")
+        if not 0 <= self.size_bins < self.embedding_dim or self.size_step_mm <= 0 or self.size_radius_bins < 1:
+            raise ConfigError("EmbedderConfig needs 0 <= size_bins < embedding_dim, size_step_mm > 0, "
+                              "size_radius_bins >= 1")
+
+    @property
+    def appearance_dim(self) -> int:
+        """Dimensions the metric loss trains (the rest encode the size)."""
+        return self.embedding_dim - self.size_bins
+
+    def size_centres_mm(self) -> npt.NDArray[np.float64]:
+        """(size_bins,) lens widths at the centres of the size triangles."""
+        return self.size_min_mm + self.size_step_mm * np.arange(self.size_bins, dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,13 +215,41 @@ class Embedder(nn.Module):
         else:
             self.pool = nn.AdaptiveAvgPool2d(1)
         # Linear head + BN (BN folds into the linear layer at export); no activation: the output is a vector.
-        self.head = nn.Linear(cfg.last_channels, cfg.embedding_dim, bias=False)
-        self.head_bn = nn.BatchNorm1d(cfg.embedding_dim)
+        self.head = nn.Linear(cfg.last_channels, cfg.appearance_dim, bias=False)
+        self.head_bn = nn.BatchNorm1d(cfg.appearance_dim)
+        if cfg.size_bins:
+            # Its own spatial pooling: the size is where the frame's edges sit relative to the eyes.
+            c = cfg.last_channels
+            self.size_pool = nn.Sequential(nn.Conv2d(c, c, (fh, fw), groups=c, bias=False), nn.BatchNorm2d(c))
+            self.size_fc = nn.Linear(c, 1)
+            # Triangle k: d_k = (u - centre_k) / half-width, in the regression's units; fixed, from the config.
+            self.size_half_width = cfg.size_radius_bins * cfg.size_step_mm / SIZE_UNIT_MM
+            centres = (cfg.size_centres_mm() - SIZE_REF_MM) / SIZE_UNIT_MM
+            self.register_buffer("size_centres", torch.tensor(centres, dtype=torch.float32), persistent=False)
+
+    def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised image (n, 3, H, W) -> (appearance (n, appearance_dim) raw, size (n, 1) or None).
+
+        size is the regressed lens width in units: (mm - SIZE_REF_MM) / SIZE_UNIT_MM."""
+        f = self.backbone(x)
+        appearance = self.head_bn(self.head(self.pool(f).flatten(1)))
+        if not self.cfg.size_bins:
+            return appearance, None
+        return appearance, self.size_fc(self.size_pool(f).flatten(1))
+
+    def size_triangles(self, size: torch.Tensor) -> torch.Tensor:
+        """(n, 1) regressed size -> (n, size_bins) triangles max(0, 1 - |d|), d = distance to each bin's
+        centre in half-widths."""
+        # Broadcast sub/mul rather than a linear layer: exporters then see no extra weight matrix.
+        d = (size - self.size_centres) * (1.0 / self.size_half_width)
+        return F.relu(1.0 - F.relu(d) - F.relu(-d))  # |d| as two ReLUs: int8-friendly
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The int8 graph: normalised image (n, 3, H, W) -> raw embedding (n, D), not L2-normalised."""
-        y = self.pool(self.backbone(x)).flatten(1)
-        return self.head_bn(self.head(y))
+        appearance, size = self.forward_parts(x)
+        if size is None:
+            return appearance
+        return torch.cat([appearance, self.cfg.size_scale * self.size_triangles(size)], dim=1)
 
     def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(n, 3, H, W) normalised image -> (n, D) embedding, L2-normalised unless normalize=False."""
@@ -291,6 +351,27 @@ def load_embedder(path: str | Path = DEFAULT_EMBEDDER_WEIGHTS) -> tuple[Embedder
     model = build_embedder(EmbedderConfig.from_dict(sidecar["config"]))
     model.load_state_dict(state)
     return model.eval(), sidecar
+
+
+def sizeless_state(state: dict[str, torch.Tensor], cfg: EmbedderConfig) -> dict[str, torch.Tensor]:
+    """Weights of an embedder without the size read-out -> a starting point for one with it: the
+    head keeps its first appearance_dim outputs; the size head is left to its initial weights
+    (load with strict=False)."""
+    rows = {"head.weight", "head_bn.weight", "head_bn.bias", "head_bn.running_mean", "head_bn.running_var"}
+    return {k: v[: cfg.appearance_dim] if k in rows else v for k, v in state.items()}
+
+
+@torch.no_grad()
+def predict_lens_width(model: Embedder, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """(n, H, W, 3) uint8 aligned crops -> (n,) lens widths in mm read by the size head (eval mode)."""
+    if not model.cfg.size_bins:
+        raise ConfigError("this embedder has no size read-out (size_bins = 0)")
+    was_training = model.training
+    model.eval()
+    x = images_to_tensor(images, model.cfg.mean, model.cfg.std).to(next(model.parameters()).device)
+    size = model.forward_parts(x)[1]
+    model.train(was_training)
+    return (SIZE_REF_MM + SIZE_UNIT_MM * size[:, 0]).float().cpu().numpy()
 
 
 def count_parameters(module: nn.Module) -> int:

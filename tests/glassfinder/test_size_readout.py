@@ -1,0 +1,179 @@
+"""The embedder's size read-out: the triangle code, starting from sizeless weights, learning to
+read sizes on the coloured-shapes stand-in, and choosing size_scale on validation SKUs."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from glassfinder.cli.train_cmd import _embedder_config
+from glassfinder.gate_data import ShapesCropSource
+from glassfinder.models.embedder import (
+    SIZE_REF_MM,
+    SIZE_UNIT_MM,
+    EmbedderConfig,
+    build_embedder,
+    predict_lens_width,
+    save_weights,
+    sizeless_state,
+)
+from glassfinder.train import (
+    SIZE_SCALES,
+    EmbedderData,
+    SkuValData,
+    TrainConfig,
+    choose_size_scale,
+    size_errors,
+    train_embedder,
+    with_size_scale,
+)
+from glassfinder_runtime.errors import ConfigError
+
+TINY = EmbedderConfig(stem_channels=8, stages=((1, 8, 1, 1), (2, 16, 1, 2), (2, 24, 1, 2), (2, 32, 1, 2)),
+                      last_channels=48, embedding_dim=32)
+# 12 bins 4 mm apart over 32..76 mm, each reaching 3 bins to either side: covers the stand-in's sizes.
+TINY_SIZED = replace(TINY, size_bins=12, size_min_mm=32.0, size_step_mm=4.0, size_radius_bins=3, size_scale=1.0)
+NORM_SPREAD = 0.1  # squared norm of the code may vary this much (relative) across widths inside the bins
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _code(model, widths_mm) -> np.ndarray:
+    u = (torch.tensor(widths_mm, dtype=torch.float32)[:, None] - SIZE_REF_MM) / SIZE_UNIT_MM
+    return model.size_triangles(u).detach().numpy()
+
+
+def test_triangle_code_peaks_at_the_nearest_bin_and_its_overlap_falls_with_the_size_gap():
+    model = build_embedder(TINY_SIZED).eval()
+    centres = TINY_SIZED.size_centres_mm()
+    widths = np.linspace(centres[3], centres[-4], 41)  # away from the edges, where triangles are cut off
+    code = _code(model, widths)
+    assert code.shape == (41, TINY_SIZED.size_bins) and (code >= 0).all()
+    assert (np.abs(centres[code.argmax(1)] - widths) <= TINY_SIZED.size_step_mm / 2 + 1e-6).all()
+    norms = (code ** 2).sum(1)
+    assert norms.max() / norms.min() < 1 + NORM_SPREAD
+    gaps = np.array([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 24.0])
+    overlap = (_code(model, [44.0]) @ _code(model, 44.0 + gaps).T)[0]
+    assert (np.diff(overlap) < 0).all() and overlap[-1] == 0.0  # 24 mm = two radii: no overlap at all
+
+
+def test_the_embedding_keeps_its_length_and_appends_the_code():
+    model = build_embedder(TINY_SIZED).eval()
+    x = torch.randn(3, 3, TINY.input_height, TINY.input_width)
+    z = model.forward_features(x)
+    appearance, size = model.forward_parts(x)
+    assert z.shape == (3, TINY.embedding_dim) and appearance.shape == (3, TINY_SIZED.appearance_dim)
+    assert torch.equal(z[:, :TINY_SIZED.appearance_dim], appearance)
+    assert torch.equal(z[:, TINY_SIZED.appearance_dim:], TINY_SIZED.size_scale * model.size_triangles(size))
+
+
+def test_sizeless_weights_start_a_sized_model_with_the_same_appearance():
+    sizeless = build_embedder(TINY).eval()
+    sized = build_embedder(TINY_SIZED)
+    missing = sized.load_state_dict(sizeless_state(sizeless.state_dict(), TINY_SIZED), strict=False).missing_keys
+    assert missing and all(k.startswith("size_") for k in missing)
+    sized.eval()
+    x = torch.randn(2, 3, TINY.input_height, TINY.input_width)
+    torch.testing.assert_close(sized.forward_parts(x)[0], sizeless.forward_features(x)[:, :TINY_SIZED.appearance_dim])
+
+
+def _sized_cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(out_dir=str(tmp_path), steps=60, classes_per_batch=6, samples_per_class=3, warmup_steps=3,
+                log_every=10, eval_every=60, checkpoint_every=60, val_classes=8, lr=3e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_learns_to_read_the_size_and_chooses_size_scale_on_val(tmp_path):
+    train, val = ShapesCropSource(12, seed=0), ShapesCropSource(8, seed=99)
+    data = EmbedderData(train, val, val, val_skus=SkuValData(val, val, groups=np.arange(8, dtype=np.int64)))
+    # Fresh renders of the training classes: 12 shapes are too few to learn sizes that carry over to
+    # other shapes, but the drawn size varies within each class too.
+    probe, true_mm = train.render_sized(np.arange(12).repeat(6), np.random.default_rng(5))
+    before = size_errors(predict_lens_width(build_embedder(TINY_SIZED), probe), true_mm)["size_mae_mm"]
+    res = train_embedder(_sized_cfg(tmp_path, steps=120, eval_every=120, checkpoint_every=120, size_loss_weight=4.0),
+                         data, TINY_SIZED)
+    from glassfinder.models.embedder import load_embedder
+
+    model, side = load_embedder(tmp_path / "embedder.safetensors")
+    after = size_errors(predict_lens_width(model, probe), true_mm)["size_mae_mm"]
+    spread = float(np.abs(true_mm - true_mm.mean()).mean())  # error of always guessing the mean
+    assert after < 0.6 * spread and after < 0.6 * before
+    assert "size_mae_mm" in res.history[-1] and "jittered_size_mae_mm" not in res.history[-1]
+    choice = side["size_scale_choice"]
+    assert [r["size_scale"] for r in choice["table"]] == list(SIZE_SCALES)
+    assert model.cfg.size_scale == choice["chosen"] == max(choice["table"], key=lambda r: r["sku_recall@1"])["size_scale"]
+    # One SKU per group here, so SKU and group recall agree.
+    assert all(r["sku_recall@1"] == r["group_recall@1"] for r in choice["table"])
+
+
+def test_choose_size_scale_prefers_the_size_when_only_the_size_tells_skus_apart():
+    """Two SKUs per group with identical appearance: at scale 0 the pick within a group is a coin
+    toss, with a working size code it is right."""
+
+    class _Twins:
+        num_classes = 8  # SKU i: group i // 2, size 40 mm or 60 mm
+
+        def render(self, labels, rng):
+            return np.stack([np.full((TINY.input_height, TINY.input_width, 3), 16 * (c // 2) + 8 * (c % 2), np.uint8)
+                             for c in labels])
+
+    class _Model:  # appearance = the group; size = the SKU's width (read off the pixel value)
+        cfg = replace(TINY_SIZED, size_scale=1.0)
+        sized = build_embedder(cfg)
+
+        def forward_parts(self, x):
+            level = torch.round((x[:, 0, 0, 0] * 0.25 + 0.5) * 255)
+            group = (level // 16).long()
+            appearance = torch.nn.functional.one_hot(group, self.cfg.appearance_dim).float() * 5
+            width = torch.where(level % 16 == 8, 60.0, 40.0)
+            return appearance, ((width - SIZE_REF_MM) / SIZE_UNIT_MM)[:, None]
+
+        def size_triangles(self, size):
+            return self.sized.size_triangles(size)
+
+        def eval(self):
+            return self
+
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
+    twins = _Twins()
+    scale, table = choose_size_scale(_Model(), SkuValData(twins, twins, np.arange(8) // 2), seed=0)
+    by_scale = {r["size_scale"]: r for r in table}
+    assert by_scale[0.0]["group_recall@1"] == 1.0 and by_scale[0.0]["sku_recall@1"] == 0.5
+    assert scale > 0 and by_scale[scale]["sku_recall@1"] == 1.0
+
+
+def test_with_size_scale_zero_ignores_the_size():
+    a = np.array([[3.0, 4.0]], np.float32)
+    t = np.array([[1.0, 0.0]], np.float32)
+    np.testing.assert_allclose(with_size_scale(a, t, 0.0), [[0.6, 0.8, 0.0, 0.0]])
+    np.testing.assert_allclose(np.linalg.norm(with_size_scale(a, t, 2.0)), 1.0, rtol=1e-6)
+
+
+def test_a_sized_model_needs_sources_that_report_sizes(tmp_path):
+    class _NoSizes:
+        num_classes = 4
+
+        def render(self, labels, rng):
+            return np.zeros((len(labels), TINY.input_height, TINY.input_width, 3), np.uint8)
+
+    with pytest.raises(ConfigError, match="report frame sizes"):
+        train_embedder(_sized_cfg(tmp_path), EmbedderData(_NoSizes(), _NoSizes(), _NoSizes()), TINY_SIZED)
+
+
+def test_cli_model_config_follows_init_and_refuses_to_change_a_size_readout(tmp_path):
+    path = tmp_path / "e.safetensors"
+    save_weights(build_embedder(TINY_SIZED), TINY_SIZED, path, {})
+    assert _embedder_config(str(path), None) == TINY_SIZED
+    with pytest.raises(ConfigError, match="cannot change it"):
+        _embedder_config(str(path), 6)
+    assert _embedder_config(None, 8) == replace(EmbedderConfig(), size_bins=8)
