@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from glassfinder.camera import GALLERY_CAMERA, QUERY_CAMERA, apply_camera
+from glassfinder.camera import (
+    GALLERY_CAMERA,
+    QUERY_CAMERA,
+    QUERY_CAMERA_AT_CROP,
+    QUERY_SCENE_BLUR_AT_CROP,
+    CameraConfig,
+    apply_camera,
+    with_blur_scaled,
+)
 from glassfinder.catalog_types import (
     BridgeStyle,
     Colourway,
@@ -212,6 +220,27 @@ def test_camera_changes_the_image_but_keeps_its_shape(cache):
     dg = np.mean([np.abs(apply_camera(batch, rng_g, GALLERY_CAMERA).astype(np.float32) - batch).mean() for _ in range(3)])
     dq = np.mean([np.abs(apply_camera(batch, rng_q, QUERY_CAMERA).astype(np.float32) - batch).mean() for _ in range(3)])
     assert dq > dg
+
+
+BLUR_MATCH_TOL = 0.5  # mean abs difference (0-255) allowed between the two ways of blurring
+BLUR_MISMATCH_MIN = 10.0  # ... and the least difference when the crop's blur is not scaled
+
+
+def test_a_crop_of_a_blurred_scene_matches_the_crop_preset_with_scaled_blur():
+    """Blur is drawn per image width: a 1:1 crop half as wide as its scene sees twice the blur,
+    which is what with_blur_scaled(cfg, 2) gives when applied to the crop itself."""
+    defocus_only = CameraConfig(exposure_stops=(0.0, 0.0), white_balance=0.0, vignetting=(0.0, 0.0), defocus_p=1.0,
+                                defocus_px=(0.7, 0.7), motion_p=0.0, noise_sigma=(0.0, 0.0), downscale_p=0.0, jpeg_p=0.0)
+    scene = np.random.default_rng(0).integers(0, 256, (256, 256, 3)).astype(np.uint8)
+    inner = (slice(72, 184), slice(72, 184))  # away from both images' borders
+    from_scene = apply_camera(scene, np.random.default_rng(1), defocus_only)[inner].astype(np.float32)
+    crop = scene[64:192, 64:192]
+    scaled = apply_camera(crop, np.random.default_rng(1), with_blur_scaled(defocus_only, 2.0))[8:120, 8:120]
+    unscaled = apply_camera(crop, np.random.default_rng(1), defocus_only)[8:120, 8:120]
+    assert np.abs(scaled - from_scene).mean() < BLUR_MATCH_TOL
+    assert np.abs(unscaled - from_scene).mean() > BLUR_MISMATCH_MIN
+    assert QUERY_CAMERA_AT_CROP.defocus_px == tuple(QUERY_SCENE_BLUR_AT_CROP * v for v in QUERY_CAMERA.defocus_px)
+    assert QUERY_CAMERA_AT_CROP.noise_sigma == QUERY_CAMERA.noise_sigma  # only the blur differs
 
 
 def test_camera_rejects_bad_input():
