@@ -557,7 +557,8 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
                           "seed": cfg.seed, "num_classes": data.train.num_classes, "crop_jitter": cfg.crop_jitter,
                           "size_loss_weight": cfg.size_loss_weight if sized else 0.0},
                 "validation": history[-1] if history else {},
-                "validation_split": "val (catalog VAL split; enrolment and query renders on disjoint faces; "
+                "validation_split": "val (catalog VAL split; enrolment and query renders on disjoint faces, "
+                                    "queries through the query camera with a whole scene's blur; "
                                     "jittered_*: the queries misaligned by renderer.ALIGNER_JITTER)",
                 "init": init,
                 **size_choice,
@@ -695,8 +696,8 @@ def train_gate(cfg: TrainConfig, data: GateData | None = None, model_cfg: GateCo
                           "crop_jitter": cfg.crop_jitter},
                 "validation": final,
                 "validation_split": "val (catalog VAL split glasses on val faces; val bare faces and procedural "
-                                    "negatives; jittered_*: the same with the faces misaligned by "
-                                    "renderer.ALIGNER_JITTER)",
+                                    "negatives; query camera with a whole scene's blur; jittered_*: the same "
+                                    "with the faces misaligned by renderer.ALIGNER_JITTER)",
                 "init": init,
             })
         return TrainResult(weights, step, history)
