@@ -383,6 +383,9 @@ def _run(cfg: TrainConfig, name: str, module: nn.Module, preprocess: Callable[[n
         if meta.get("task") != name or diff:
             raise ConfigError(f"{out / CHECKPOINT_NAME}: was written by a different run "
                               f"(task {meta.get('task')!r}, differing options: {', '.join(diff) or 'none'})")
+        if meta.get("model_config", extra_meta.get("model_config")) != extra_meta.get("model_config"):
+            raise ConfigError(f"{out / CHECKPOINT_NAME}: was written for a different model config "
+                              f"({meta['model_config']}); resume with the same one")
         module.load_state_dict(state)
         opt.load_state_dict(opt_state)
         start, history = int(meta["step"]), list(meta.get("history", []))

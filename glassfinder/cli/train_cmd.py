@@ -131,20 +131,30 @@ def _report(result) -> int:
 def _run_embedder(args: argparse.Namespace) -> int:
     from glassfinder.train import train_embedder
 
-    return _report(train_embedder(_config(args), model_cfg=_embedder_config(args.init, args.size_bins)))
+    cfg = _config(args)
+    return _report(train_embedder(cfg, model_cfg=_embedder_config(args.init, args.size_bins, cfg)))
 
 
-def _embedder_config(init: str | None, size_bins: int | None):
-    """The model to train: --init's architecture (default config without --init), with --size-bins."""
+def _embedder_config(init: str | None, size_bins: int | None, train_cfg=None):
+    """The model to train: a resumed checkpoint's, else --init's architecture (default config
+    without --init), with --size-bins."""
     from dataclasses import replace
+    from pathlib import Path
 
+    from glassfinder.checkpoint import load_checkpoint
     from glassfinder.models.embedder import EmbedderConfig, read_weights
+    from glassfinder.train import CHECKPOINT_NAME
 
-    cfg = EmbedderConfig.from_dict(read_weights(init)[1]["config"]) if init else EmbedderConfig()
+    checkpoint = Path(train_cfg.out_dir) / CHECKPOINT_NAME if train_cfg is not None and train_cfg.resume else None
+    if checkpoint is not None and checkpoint.is_file():
+        saved = load_checkpoint(checkpoint)[2].get("model_config")
+        cfg = EmbedderConfig.from_dict(dict(saved)) if saved else EmbedderConfig()
+    else:
+        cfg = EmbedderConfig.from_dict(read_weights(init)[1]["config"]) if init else EmbedderConfig()
     if size_bins is not None and size_bins != cfg.size_bins:
         if cfg.size_bins:  # a sizeless model can start a sized one, not the other way round
-            raise ConfigError(f"{init}: has a size read-out of {cfg.size_bins} bins; "
-                              f"--size-bins {size_bins} cannot change it")
+            raise ConfigError(f"the embedder being trained (--init or --resume) has a size read-out of "
+                              f"{cfg.size_bins} bins; --size-bins {size_bins} cannot change it")
         cfg = replace(cfg, size_bins=size_bins)
     return cfg
 

@@ -177,3 +177,12 @@ def test_cli_model_config_follows_init_and_refuses_to_change_a_size_readout(tmp_
     with pytest.raises(ConfigError, match="cannot change it"):
         _embedder_config(str(path), 6)
     assert _embedder_config(None, 8) == replace(EmbedderConfig(), size_bins=8)
+
+
+def test_resume_takes_the_checkpoint_model_and_refuses_another(tmp_path):
+    data = EmbedderData(ShapesCropSource(6, seed=0), ShapesCropSource(4, seed=9), ShapesCropSource(4, seed=9))
+    train_embedder(_sized_cfg(tmp_path, steps=2, eval_every=2, checkpoint_every=2, val_classes=4), data, TINY_SIZED)
+    resumed = _sized_cfg(tmp_path, steps=2, eval_every=2, checkpoint_every=2, val_classes=4, resume=True)
+    assert _embedder_config(None, None, resumed) == TINY_SIZED
+    with pytest.raises(ConfigError, match="different model config"):
+        train_embedder(resumed, data, TINY)
