@@ -49,7 +49,8 @@ def run_eval(args) -> int:
     report = evaluate(cfg, progress=not args.quiet, sheet=str(args.sheet) if args.sheet else None,
                       bundle=str(args.bundle) if args.bundle else None)
     keys = ("top1", "top5", "top10", "top1_size_insensitive", "top10_size_insensitive", "map_at_r",
-            "top1_ceiling_size_blind", "gate_tpr", "gate_fpr", "gallery_skus", "queries", "seconds")
+            "top1_ceiling_size_blind", "gate_tpr", "gate_tpr_found_faces", "gate_fpr", "refused_no_face",
+            "refused_no_glasses", "gallery_skus", "queries", "seconds")
     for k in keys:
         v = report[k]
         print(f"{k:>24s}  {v:.4f}" if isinstance(v, float) else f"{k:>24s}  {v}")

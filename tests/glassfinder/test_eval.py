@@ -28,6 +28,8 @@ def test_eval_with_bundle_reports_every_variant_and_the_drop(tmp_path, capsys):
         assert 0.0 <= v["gate_tpr"] <= 1.0 and 0.0 <= v["gate_fpr"] <= 1.0
         refused = v["refused_no_face"] + v["refused_no_glasses"]
         assert refused == round((1 - v["gate_tpr"]) * 6)  # every query is either searched or refused
+        found = 6 - v["refused_no_face"]
+        assert v["gate_tpr_found_faces"] == (pytest.approx((found - v["refused_no_glasses"]) / found) if found else 0.0)
     assert variants["torch_float+exact"]["top1"] == report["top1"]
     assert 0.0 < report["top1_ceiling_size_blind"] <= 1.0  # 24 SKUs in groups of 1-3 sizes
     shipped = variants["bundle_models+bundle_gallery"]
