@@ -109,6 +109,11 @@ class EmbedderConfig:
                               self.layout, self.channel_order)
 
 
+# A few-thousand-parameter embedder for unit tests and smoke runs: the same code paths, milliseconds a step.
+TINY_EMBEDDER = EmbedderConfig(stem_channels=8, stages=((1, 8, 1, 1), (2, 16, 1, 2), (2, 24, 1, 2), (2, 32, 1, 2)),
+                               last_channels=48, embedding_dim=16)
+
+
 def _tuples(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     """JSON turns tuples into lists; turn them back and refuse unknown keys (fail loudly)."""
     names = set(cls.__dataclass_fields__)

@@ -13,6 +13,7 @@ from glassfinder.gate_data import ShapesCropSource
 from glassfinder.models.embedder import (
     SIZE_REF_MM,
     SIZE_UNIT_MM,
+    TINY_EMBEDDER,
     EmbedderConfig,
     build_embedder,
     predict_lens_width,
@@ -31,8 +32,7 @@ from glassfinder.train import (
 )
 from glassfinder_runtime.errors import ConfigError
 
-TINY = EmbedderConfig(stem_channels=8, stages=((1, 8, 1, 1), (2, 16, 1, 2), (2, 24, 1, 2), (2, 32, 1, 2)),
-                      last_channels=48, embedding_dim=32)
+TINY = replace(TINY_EMBEDDER, embedding_dim=32)
 # 12 bins 4 mm apart over 32..76 mm, each reaching 3 bins to either side: covers the stand-in's sizes.
 TINY_SIZED = replace(TINY, size_bins=12, size_min_mm=32.0, size_step_mm=4.0, size_radius_bins=3, size_scale=1.0)
 NORM_SPREAD = 0.1  # squared norm of the code may vary this much (relative) across widths inside the bins

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from glassfinder.gate_data import NONE, ShapesCropSource, random_objects, random_textures, shapes_gate_source
-from glassfinder.models.embedder import EmbedderConfig
+from glassfinder.models.embedder import TINY_EMBEDDER, EmbedderConfig
 from glassfinder.models.gate import GateConfig, load_gate
 from glassfinder.train import (
     EmbedderData,
@@ -28,8 +28,7 @@ from glassfinder.train import (
 from glassfinder_runtime.errors import ConfigError
 
 # A tiny embedder so a training step takes milliseconds.
-TINY = EmbedderConfig(stem_channels=8, stages=((1, 8, 1, 1), (2, 16, 1, 2), (2, 24, 1, 2), (2, 32, 1, 2)),
-                      last_channels=48, embedding_dim=16)
+TINY = TINY_EMBEDDER
 TINY_GATE = GateConfig(stem_channels=8, blocks=((16, 2), (24, 2), (32, 2)))
 
 
