@@ -7,9 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from glassfinder_runtime.errors import ConfigError
 
 from glassfinder.cli.train_cmd import _embedder_config
 from glassfinder.gate_data import ShapesCropSource
+from glassfinder.landmarks import one_thread
 from glassfinder.models.embedder import (
     SIZE_REF_MM,
     SIZE_UNIT_MM,
@@ -30,7 +32,6 @@ from glassfinder.train import (
     train_embedder,
     with_size_scale,
 )
-from glassfinder_runtime.errors import ConfigError
 
 TINY = replace(TINY_EMBEDDER, embedding_dim=32)
 # 12 bins 4 mm apart over 32..76 mm, each reaching 3 bins to either side: covers the stand-in's sizes.
@@ -40,10 +41,9 @@ NORM_SPREAD = 0.1  # squared norm of the code may vary this much (relative) acro
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    """Tiny models train fastest on one thread (and do not fight the other test workers)."""
+    with one_thread():
+        yield
 
 
 def _code(model, widths_mm) -> np.ndarray:

@@ -7,8 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from glassfinder_runtime.errors import ConfigError
 
-from glassfinder.gate_data import NONE, ShapesCropSource, random_objects, random_textures, shapes_gate_source
+from glassfinder.gate_data import (
+    NONE,
+    ShapesCropSource,
+    random_objects,
+    random_textures,
+    shapes_gate_source,
+)
+from glassfinder.landmarks import one_thread
 from glassfinder.models.embedder import TINY_EMBEDDER, EmbedderConfig
 from glassfinder.models.gate import GateConfig, load_gate
 from glassfinder.train import (
@@ -25,7 +33,6 @@ from glassfinder.train import (
     train_embedder,
     train_gate,
 )
-from glassfinder_runtime.errors import ConfigError
 
 # A tiny embedder so a training step takes milliseconds.
 TINY = TINY_EMBEDDER
@@ -35,10 +42,8 @@ TINY_GATE = GateConfig(stem_channels=8, blocks=((16, 2), (24, 2), (32, 2)))
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models train fastest on one thread (and do not fight the other test workers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 def _data(n_train: int = 12, n_val: int = 8) -> EmbedderData:
