@@ -28,6 +28,7 @@ from glassfinder.train import (
     SkuValData,
     TrainConfig,
     choose_size_scale,
+    pick_size_scale,
     size_errors,
     train_embedder,
     with_size_scale,
@@ -109,7 +110,7 @@ def test_training_learns_to_read_the_size_and_chooses_size_scale_on_val(tmp_path
     assert "size_mae_mm" in res.history[-1] and "jittered_size_mae_mm" not in res.history[-1]
     choice = side["size_scale_choice"]
     assert [r["size_scale"] for r in choice["table"]] == list(SIZE_SCALES)
-    assert model.cfg.size_scale == choice["chosen"] == max(choice["table"], key=lambda r: r["sku_recall@1"])["size_scale"]
+    assert model.cfg.size_scale == choice["chosen"] == pick_size_scale(choice["table"])
     # One SKU per group here, so SKU and group recall agree.
     assert all(r["sku_recall@1"] == r["group_recall@1"] for r in choice["table"])
 
@@ -186,3 +187,10 @@ def test_resume_takes_the_checkpoint_model_and_refuses_another(tmp_path):
     assert _embedder_config(None, None, resumed) == TINY_SIZED
     with pytest.raises(ConfigError, match="different model config"):
         train_embedder(resumed, data, TINY)
+
+
+def test_pick_size_scale_weighs_recall_at_1_and_at_10_and_prefers_the_smaller_weight_on_ties():
+    rows = [(0.0, 0.40, 0.97), (1.0, 0.45, 0.97), (2.0, 0.47, 0.96), (4.0, 0.49, 0.93), (5.0, 0.44, 0.98)]
+    table = [{"size_scale": s, "sku_recall@1": r1, "sku_recall@10": r10} for s, r1, r10 in rows]
+    assert pick_size_scale(table) == 2.0  # 4.0 has the best recall@1 but loses more at 10
+    assert pick_size_scale([*table, {"size_scale": 3.0, "sku_recall@1": 0.47, "sku_recall@10": 0.96}]) == 2.0
