@@ -3,10 +3,12 @@ deterministic build, config and weights round trips."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from glassfinder_runtime.errors import ConfigError
 from torch import nn
 
 from glassfinder.models.embedder import (
@@ -18,8 +20,14 @@ from glassfinder.models.embedder import (
     load_embedder,
     save_weights,
 )
-from glassfinder.models.gate import GATE_CLASSES, GateConfig, build_gate, gate_scores, glasses_probability, load_gate
-from glassfinder_runtime.errors import ConfigError
+from glassfinder.models.gate import (
+    GATE_CLASSES,
+    GateConfig,
+    build_gate,
+    gate_scores,
+    glasses_probability,
+    load_gate,
+)
 
 NORM_ATOL = 1e-5  # float32 L2-norm of a 128-d vector
 EMBEDDER_MAX_PARAMS = 1_000_000  # <= ~1 MB as per-channel int8
@@ -146,7 +154,11 @@ def test_weights_round_trip(tmp_path):
 def test_committed_default_weights_match_their_config():
     """The committed weights load into the default architecture and their sidecars say how they were made."""
     emb, side = load_embedder()
-    assert emb.cfg == EmbedderConfig() and side["input"] == emb.cfg.input_contract()
+    # The default architecture plus the size read-out (EmbedderConfig's default stays sizeless, so
+    # older sidecars without the size fields still load as what they are).
+    assert replace(emb.cfg, size_bins=0, size_scale=EmbedderConfig().size_scale) == EmbedderConfig()
+    assert emb.cfg.size_bins > 0 and side["size_scale_choice"]["chosen"] == emb.cfg.size_scale
+    assert side["input"] == emb.cfg.input_contract()
     assert side["command"].startswith(("glassfinder train embedder", "OMP_NUM_THREADS=1")) and side["train"]["steps"] > 0
     assert 0.0 <= side["validation"]["recall@1"] <= 1.0
     gate, gside = load_gate()
