@@ -582,12 +582,14 @@ SKU_VAL_ENROLL = 4  # renders enrolled per VAL SKU when choosing size_scale (mea
 def embed_parts(model: Embedder, images: npt.NDArray[np.uint8], batch_size: int = 256) -> tuple[
         npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(n, H, W, 3) crops -> (appearance (n, A) raw, size triangles (n, size_bins) at size_scale 1)."""
+    was_training = model.training
     model.eval()
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i in range(0, len(images), batch_size):
         x = images_to_tensor(images[i:i + batch_size], model.cfg.mean, model.cfg.std)
         a, size = model.forward_parts(x.to(next(model.parameters()).device))
         parts.append((a.cpu(), model.size_triangles(size).cpu()))
+    model.train(was_training)
     return tuple(torch.cat(t).numpy() for t in zip(*parts))  # type: ignore[return-value]
 
 

@@ -16,7 +16,7 @@ A small MobileNetV2-style CNN built to survive full-integer int8 conversion:
   and encodes it as overlapping triangles over fixed lens-width bins. Their dot product falls
   smoothly with the width difference, so plain cosine search over the whole vector prefers the
   right size within a group, and the runtime, bundle and gallery formats stay unchanged. The
-  triangles are built from linear layers and ReLUs only, which int8 handles.
+  triangles are built from a subtraction, a scaling and ReLUs only, which int8 handles.
 """
 from __future__ import annotations
 
