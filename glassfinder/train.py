@@ -43,6 +43,7 @@ from glassfinder.models.embedder import (
     EmbedderConfig,
     build_embedder,
     embed_images,
+    embed_parts,
     images_to_tensor,
     predict_lens_width,
     read_weights,
@@ -576,21 +577,6 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
 # Candidate size_scale values (weight of the size triangles against the appearance part); 0 = ignore size.
 SIZE_SCALES = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
 SKU_VAL_ENROLL = 4  # renders enrolled per VAL SKU when choosing size_scale (mean vector, like the gallery)
-
-
-@torch.no_grad()
-def embed_parts(model: Embedder, images: npt.NDArray[np.uint8], batch_size: int = 256) -> tuple[
-        npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """(n, H, W, 3) crops -> (appearance (n, A) raw, size triangles (n, size_bins) at size_scale 1)."""
-    was_training = model.training
-    model.eval()
-    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for i in range(0, len(images), batch_size):
-        x = images_to_tensor(images[i:i + batch_size], model.cfg.mean, model.cfg.std)
-        a, size = model.forward_parts(x.to(next(model.parameters()).device))
-        parts.append((a.cpu(), model.size_triangles(size).cpu()))
-    model.train(was_training)
-    return tuple(torch.cat(t).numpy() for t in zip(*parts))  # type: ignore[return-value]
 
 
 def with_size_scale(appearance: npt.NDArray[np.float32], triangles: npt.NDArray[np.float32],

@@ -21,6 +21,7 @@ A small MobileNetV2-style CNN built to survive full-integer int8 conversion:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -300,18 +301,45 @@ def images_to_tensor(images: npt.NDArray[np.uint8], mean: tuple[float, ...], std
 
 
 @torch.no_grad()
-def embed_images(model: Embedder, images: npt.NDArray[np.uint8], batch_size: int = 256) -> npt.NDArray[np.float32]:
-    """(n, H, W, 3) uint8 aligned crops -> (n, D) float32 L2-normalised embeddings (eval mode)."""
+def _map_batches(model: Embedder, images: npt.NDArray[np.uint8], fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+                 widths: tuple[int, ...], batch_size: int = 256) -> tuple[npt.NDArray[np.float32], ...]:
+    """fn over (n, H, W, 3) uint8 crops, normalised and batched, in eval mode (the mode is restored):
+    its outputs concatenated as float32 arrays, (n, widths[k]) each ((0, widths[k]) when n = 0)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    parts: list[tuple[torch.Tensor, ...]] = []
     for i in range(0, len(images), batch_size):
         x = images_to_tensor(images[i:i + batch_size], model.cfg.mean, model.cfg.std).to(device)
-        out.append(model(x).float().cpu())
+        parts.append(tuple(t.float().cpu() for t in fn(x)))
     model.train(was_training)
-    d = model.cfg.embedding_dim
-    return torch.cat(out).numpy() if out else np.zeros((0, d), np.float32)
+    if not parts:
+        return tuple(np.zeros((0, w), np.float32) for w in widths)
+    return tuple(torch.cat(ts).numpy() for ts in zip(*parts))
+
+
+def embed_images(model: Embedder, images: npt.NDArray[np.uint8], batch_size: int = 256) -> npt.NDArray[np.float32]:
+    """(n, H, W, 3) uint8 aligned crops -> (n, D) float32 L2-normalised embeddings (eval mode)."""
+    return _map_batches(model, images, lambda x: (model(x),), (model.cfg.embedding_dim,), batch_size)[0]
+
+
+def embed_parts(model: Embedder, images: npt.NDArray[np.uint8], batch_size: int = 256) -> tuple[
+        npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """(n, H, W, 3) crops -> (appearance (n, A) raw, size triangles (n, size_bins) at size_scale 1)."""
+    def parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        appearance, size = model.forward_parts(x)
+        return appearance, model.size_triangles(size)
+
+    cfg = model.cfg
+    return _map_batches(model, images, parts, (cfg.appearance_dim, cfg.size_bins), batch_size)  # type: ignore[return-value]
+
+
+def predict_lens_width(model: Embedder, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """(n, H, W, 3) uint8 aligned crops -> (n,) lens widths in mm read by the size head (eval mode)."""
+    if not model.cfg.size_bins:
+        raise ConfigError("this embedder has no size read-out (size_bins = 0)")
+    size = _map_batches(model, images, lambda x: (model.forward_parts(x)[1],), (1,))[0]
+    return SIZE_REF_MM + SIZE_UNIT_MM * size[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,19 +392,6 @@ def sizeless_state(state: dict[str, torch.Tensor], cfg: EmbedderConfig) -> dict[
     (load with strict=False)."""
     rows = {"head.weight", "head_bn.weight", "head_bn.bias", "head_bn.running_mean", "head_bn.running_var"}
     return {k: v[: cfg.appearance_dim] if k in rows else v for k, v in state.items()}
-
-
-@torch.no_grad()
-def predict_lens_width(model: Embedder, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """(n, H, W, 3) uint8 aligned crops -> (n,) lens widths in mm read by the size head (eval mode)."""
-    if not model.cfg.size_bins:
-        raise ConfigError("this embedder has no size read-out (size_bins = 0)")
-    was_training = model.training
-    model.eval()
-    x = images_to_tensor(images, model.cfg.mean, model.cfg.std).to(next(model.parameters()).device)
-    size = model.forward_parts(x)[1]
-    model.train(was_training)
-    return (SIZE_REF_MM + SIZE_UNIT_MM * size[:, 0]).float().cpu().numpy()
 
 
 def count_parameters(module: nn.Module) -> int:
