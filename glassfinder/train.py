@@ -384,7 +384,8 @@ def _run(cfg: TrainConfig, name: str, module: nn.Module, preprocess: Callable[[n
         if meta.get("task") != name or diff:
             raise ConfigError(f"{out / CHECKPOINT_NAME}: was written by a different run "
                               f"(task {meta.get('task')!r}, differing options: {', '.join(diff) or 'none'})")
-        if meta.get("model_config", extra_meta.get("model_config")) != extra_meta.get("model_config"):
+        saved_model = meta.get("model_config")  # absent in checkpoints of runs that record none
+        if saved_model is not None and saved_model != extra_meta.get("model_config"):
             raise ConfigError(f"{out / CHECKPOINT_NAME}: was written for a different model config "
                               f"({meta['model_config']}); resume with the same one")
         module.load_state_dict(state)
@@ -477,7 +478,8 @@ def _init_from(model: nn.Module, model_cfg: Any, path: str | None) -> dict[str, 
 
 
 def _size_fields(cfg: EmbedderConfig) -> dict[str, Any]:
-    return {k: getattr(cfg, k) for k in ("size_bins", "size_min_mm", "size_step_mm", "size_radius_bins", "size_scale")}
+    """The size read-out's fields of an EmbedderConfig (all named size_*)."""
+    return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k.startswith("size_")}
 
 
 # ---------------------------------------------------------------------------------------------
