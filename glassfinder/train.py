@@ -629,17 +629,17 @@ def _embedder_val_set(data: EmbedderData, cfg: TrainConfig, sized: bool = False)
     classes = np.sort(rng.choice(data.val_enroll.num_classes, size=n, replace=False)).astype(np.int64)
     enroll_labels = np.repeat(classes, cfg.val_enroll)
     out = {"enroll": data.val_enroll.render(enroll_labels, rng), "enroll_labels": enroll_labels, "query_labels": classes}
-    # The sized render draws the same random numbers, so the val set is the same either way.
-    if sized:
-        out["query"], out["query_lens_mm"] = data.val_query.render_sized(classes, rng)
-    else:
-        out["query"] = data.val_query.render(classes, rng)
-    if data.val_query_jittered is not None:  # its own generator: the clean set stays as it was
-        jrng = np.random.default_rng([cfg.val_seed, 1])
+
+    def queries(key: str, source: CropSource, rng: np.random.Generator) -> None:
+        # The sized render draws the same random numbers, so the val set is the same either way.
         if sized:
-            out["query_jittered"], out["query_jittered_lens_mm"] = data.val_query_jittered.render_sized(classes, jrng)
+            out[key], out[f"{key}_lens_mm"] = source.render_sized(classes, rng)
         else:
-            out["query_jittered"] = data.val_query_jittered.render(classes, jrng)
+            out[key] = source.render(classes, rng)
+
+    queries("query", data.val_query, rng)
+    if data.val_query_jittered is not None:  # its own generator: the clean set stays as it was
+        queries("query_jittered", data.val_query_jittered, np.random.default_rng([cfg.val_seed, 1]))
     return out
 
 
