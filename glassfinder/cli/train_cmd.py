@@ -12,7 +12,7 @@ _EPILOG_EMBEDDER = """examples:
   glassfinder train embedder --loss subcenter-arcface --real-faces ~/faces
   glassfinder train embedder --init glassfinder/weights/embedder.safetensors --crop-jitter 1 \\
       --steps 3000 --lr 5e-4 --warmup 50 --out out/train/embedder_jit     # fine-tune on misaligned crops
-  glassfinder train embedder --init glassfinder/weights/embedder.safetensors --size-bins 20 \
+  glassfinder train embedder --init glassfinder/weights/embedder.safetensors --size-bins 20 \\
       --steps 3000 --lr 5e-4 --warmup 50 --out out/train/embedder_size   # learn to read the frame size
   torchrun --nproc_per_node 2 -m glassfinder train embedder --out out/ddp   # data-parallel
 
