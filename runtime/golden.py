@@ -772,8 +772,9 @@ def _find_face(w: GoldenWriter, rng: np.random.Generator) -> None:
         "recrop": (pipeline.FaceSearchOptions(refine=2, tile_rows=2, max_candidates=4),
                    {0: [whole(14.0, 6.0, 34.0, 26.0, 2.0)]}),
     }
-    # Mesh offsets (crop px): 128 crop px of the recrop case's 30-px roi move each re-crop 20 px right.
-    shifts = {"whole": (0.0, 0.0), "tiled": (0.0, 0.0), "none": (0.0, 0.0), "recrop": (128.0, 0.0)}
+    # Mesh offsets (crop px; none in the other cases): 128 crop px of the recrop case's 30-px roi move
+    # each re-crop 20 px right.
+    shifts = {"recrop": (128.0, 0.0)}
     for tag, (opts, faces_by_call) in cases.items():
         rows = [r for call, faces in faces_by_call.items()
                 for r in _fake_face_rows(call, faces, anchors, spec.input_size, spec.decode)]
@@ -782,7 +783,7 @@ def _find_face(w: GoldenWriter, rng: np.random.Generator) -> None:
         raw = np.stack([r[2] for r in rows])
         logits = np.array([r[3] for r in rows], dtype=np.float32)
         run_detector = _FakeDetector(calls, anchor_idx, raw, logits, anchors.shape[0])
-        shift = np.array(shifts[tag], dtype=np.float32)
+        shift = np.array(shifts.get(tag, (0.0, 0.0)), dtype=np.float32)
         case_mesh = raw_mesh.copy()
         case_mesh[:, :2] += shift  # float32 adds, as the stubs do
         run_aligner = _FakeAligner(case_mesh)
