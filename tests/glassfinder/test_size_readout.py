@@ -13,11 +13,10 @@ from glassfinder.cli.train_cmd import _embedder_config
 from glassfinder.gate_data import ShapesCropSource
 from glassfinder.landmarks import one_thread
 from glassfinder.models.embedder import (
-    SIZE_REF_MM,
-    SIZE_UNIT_MM,
     TINY_EMBEDDER,
     EmbedderConfig,
     build_embedder,
+    load_embedder,
     predict_lens_width,
     save_weights,
     sizeless_state,
@@ -30,6 +29,7 @@ from glassfinder.train import (
     choose_size_scale,
     pick_size_scale,
     size_errors,
+    size_units,
     train_embedder,
     with_size_scale,
 )
@@ -48,8 +48,7 @@ def _one_thread():
 
 
 def _code(model, widths_mm) -> np.ndarray:
-    u = (torch.tensor(widths_mm, dtype=torch.float32)[:, None] - SIZE_REF_MM) / SIZE_UNIT_MM
-    return model.size_triangles(u).detach().numpy()
+    return model.size_triangles(size_units(torch.tensor(widths_mm))[:, None]).detach().numpy()
 
 
 def test_triangle_code_peaks_at_the_nearest_bin_and_its_overlap_falls_with_the_size_gap():
@@ -101,8 +100,6 @@ def test_training_learns_to_read_the_size_and_chooses_size_scale_on_val(tmp_path
     before = size_errors(predict_lens_width(build_embedder(TINY_SIZED), probe), true_mm)["size_mae_mm"]
     res = train_embedder(_sized_cfg(tmp_path, steps=120, eval_every=120, checkpoint_every=120, size_loss_weight=4.0),
                          data, TINY_SIZED)
-    from glassfinder.models.embedder import load_embedder
-
     model, side = load_embedder(tmp_path / "embedder.safetensors")
     after = size_errors(predict_lens_width(model, probe), true_mm)["size_mae_mm"]
     spread = float(np.abs(true_mm - true_mm.mean()).mean())  # error of always guessing the mean
@@ -135,7 +132,7 @@ def test_choose_size_scale_prefers_the_size_when_only_the_size_tells_skus_apart(
             group = (level // 16).long()
             appearance = torch.nn.functional.one_hot(group, self.cfg.appearance_dim).float() * 5
             width = torch.where(level % 16 == 8, 60.0, 40.0)
-            return appearance, ((width - SIZE_REF_MM) / SIZE_UNIT_MM)[:, None]
+            return appearance, size_units(width)[:, None]
 
         def size_triangles(self, size):
             return self.sized.size_triangles(size)
