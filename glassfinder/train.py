@@ -37,8 +37,6 @@ from tqdm import tqdm
 
 from glassfinder.losses import LOSS_NAMES, MetricLoss, build_loss
 from glassfinder.models.embedder import (
-    SIZE_REF_MM,
-    SIZE_UNIT_MM,
     Embedder,
     EmbedderConfig,
     build_embedder,
@@ -48,6 +46,7 @@ from glassfinder.models.embedder import (
     predict_lens_width,
     read_weights,
     save_weights,
+    size_units,
     sizeless_state,
 )
 from glassfinder.models.gate import NONE_CLASS, Gate, GateConfig, build_gate, gate_scores
@@ -328,11 +327,6 @@ class _EmbedderWithLoss(nn.Module):
         if size is not None and lens_mm is not None:
             loss = loss + self.size_weight * nn.functional.mse_loss(size[:, 0], size_units(lens_mm))
         return loss
-
-
-def size_units(lens_mm: torch.Tensor) -> torch.Tensor:
-    """Lens widths in mm -> the size head's regression target."""
-    return (lens_mm.float() - SIZE_REF_MM) / SIZE_UNIT_MM
 
 
 class _GateWithLoss(nn.Module):

@@ -334,6 +334,11 @@ def embed_parts(model: Embedder, images: npt.NDArray[np.uint8], batch_size: int 
     return _map_batches(model, images, parts, (cfg.appearance_dim, cfg.size_bins), batch_size)  # type: ignore[return-value]
 
 
+def size_units(lens_mm: torch.Tensor) -> torch.Tensor:
+    """Lens widths in mm -> the size head's regression target (predict_lens_width inverts it)."""
+    return (lens_mm.float() - SIZE_REF_MM) / SIZE_UNIT_MM
+
+
 def predict_lens_width(model: Embedder, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """(n, H, W, 3) uint8 aligned crops -> (n,) lens widths in mm read by the size head (eval mode)."""
     if not model.cfg.size_bins:

@@ -19,6 +19,7 @@ from glassfinder.models.embedder import (
     load_embedder,
     predict_lens_width,
     save_weights,
+    size_units,
     sizeless_state,
 )
 from glassfinder.train import (
@@ -29,7 +30,6 @@ from glassfinder.train import (
     choose_size_scale,
     pick_size_scale,
     size_errors,
-    size_units,
     train_embedder,
     with_size_scale,
 )
