@@ -90,6 +90,9 @@ class TrainConfig:
     # Embedder with a size read-out (EmbedderConfig.size_bins > 0): weight of the lens-width
     # regression (mean squared error in units of SIZE_UNIT_MM) added to the metric loss.
     size_loss_weight: float = 1.0
+    # Embedder: of the P classes in a batch, this many come from one frame family (hard negatives:
+    # the benchmark's most common miss is another model of the same family); 0: all P at random.
+    same_family: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -104,13 +107,16 @@ class TrainConfig:
             raise ConfigError(f"real_face_share must be in [0, 1], got {self.real_face_share}")
         if not 0.0 <= self.crop_jitter <= 2.0:
             raise ConfigError(f"crop_jitter must be in [0, 2] (times the aligner's error), got {self.crop_jitter}")
+        if not 0 <= self.same_family <= self.classes_per_batch:
+            raise ConfigError(f"same_family must be in [0, classes_per_batch={self.classes_per_batch}], "
+                              f"got {self.same_family}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
 
 # Fields that must match between a checkpoint and the config resuming it (others may change).
 _RESUME_KEYS = ("classes_per_batch", "samples_per_class", "lr", "loss_lr_mult", "weight_decay",
-                "warmup_steps", "min_lr_ratio", "loss", "seed", "steps")
+                "warmup_steps", "min_lr_ratio", "loss", "seed", "steps", "same_family")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +158,8 @@ class EmbedderData:
     val_query_jittered: CropSource | None = None  # val_query with aligner-like crop misalignment (optional)
     # For a size read-out: VAL classes that are single SKUs (sizes apart), to choose size_scale on.
     val_skus: SkuValData | None = None
+    # (train.num_classes,) frame family of each train class; needed by TrainConfig.same_family.
+    train_families: npt.NDArray[np.int64] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,9 +194,21 @@ def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, rank, step])
 
 
-def pk_labels(num_classes: int, p: int, k: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
-    """P distinct classes (fewer if there are fewer) x K samples each: (P*K,) int64, grouped by class."""
-    chosen = rng.choice(num_classes, size=min(p, num_classes), replace=False)
+def pk_labels(num_classes: int, p: int, k: int, rng: np.random.Generator,
+              families: npt.NDArray[np.int64] | None = None, same_family: int = 0) -> npt.NDArray[np.int64]:
+    """P distinct classes (fewer if there are fewer) x K samples each: (P*K,) int64, grouped by class.
+
+    families: (num_classes,) family of each class; with same_family > 0, that many of the P classes
+    (fewer if the family is smaller) share the family of one class drawn at random, the rest are
+    drawn from all other classes."""
+    p = min(p, num_classes)
+    if families is None or same_family == 0:
+        return np.repeat(rng.choice(num_classes, size=p, replace=False), k).astype(np.int64)
+    family = families[rng.integers(num_classes)]
+    members = np.flatnonzero(families == family)
+    hard = rng.choice(members, size=min(same_family, len(members)), replace=False)
+    rest = np.setdiff1d(np.arange(num_classes), hard)
+    chosen = np.concatenate([hard, rng.choice(rest, size=p - len(hard), replace=False)])
     return np.repeat(chosen, k).astype(np.int64)
 
 
@@ -503,6 +523,8 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
         sized = model_cfg.size_bins > 0
         if sized and not all(hasattr(s, "render_sized") for s in (data.train, data.val_query)):
             raise ConfigError("an embedder with a size read-out needs crop sources that report frame sizes")
+        if cfg.same_family and data.train_families is None:
+            raise ConfigError("same_family batches need the train classes' frame families (EmbedderData.train_families)")
         model = build_embedder(model_cfg)
         init = _init_from(model, model_cfg, cfg.init_weights)
         loss = build_loss(cfg.loss, data.train.num_classes, model_cfg.appearance_dim)
@@ -513,7 +535,8 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
             return images_to_tensor(images, model_cfg.mean, model_cfg.std)
 
         def make_batch(rng: np.random.Generator) -> tuple[npt.NDArray[np.uint8], Targets]:
-            labels = pk_labels(data.train.num_classes, cfg.classes_per_batch, cfg.samples_per_class, rng)
+            labels = pk_labels(data.train.num_classes, cfg.classes_per_batch, cfg.samples_per_class, rng,
+                               data.train_families, cfg.same_family)
             if sized:
                 images, lens_mm = data.train.render_sized(labels, rng)
                 return images, (labels, lens_mm.astype(np.float32))
@@ -557,7 +580,8 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
                           "warmup_steps": cfg.warmup_steps,
                           "classes_per_batch": cfg.classes_per_batch, "samples_per_class": cfg.samples_per_class,
                           "seed": cfg.seed, "num_classes": data.train.num_classes, "crop_jitter": cfg.crop_jitter,
-                          "size_loss_weight": cfg.size_loss_weight if sized else 0.0},
+                          "size_loss_weight": cfg.size_loss_weight if sized else 0.0,
+                          "same_family": cfg.same_family},
                 "validation": history[-1] if history else {},
                 "validation_split": "val (catalog VAL split; enrolment and query renders on disjoint faces, "
                                     "queries through the query camera with a whole scene's blur; "
@@ -835,9 +859,11 @@ def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
     val_groups = group_skus(catalog.by_split("val"))
     enroll_faces, query_faces = FaceCropCache(val_faces[:half]), FaceCropCache(val_faces[half:])
     val_skus = [[sku] for group in val_groups for sku in group]  # one class per SKU, grouped by frame
+    train_groups = group_skus(catalog.by_split("train"))
+    family_names = [g[0].shape.family.value for g in train_groups]
     return EmbedderData(
-        train=RenderedCropSource(group_skus(catalog.by_split("train")), train_faces, train_cams, cfg.real_face_share,
-                                 _train_jitter(cfg)),
+        train=RenderedCropSource(train_groups, train_faces, train_cams, cfg.real_face_share, _train_jitter(cfg)),
+        train_families=np.unique(family_names, return_inverse=True)[1].astype(np.int64),
         val_enroll=RenderedCropSource(val_groups, enroll_faces, (GALLERY_CAMERA,)),
         val_query=RenderedCropSource(val_groups, query_faces, query_cams),
         # Gallery crops are aligned on ground truth; query crops come from the aligner.

@@ -14,6 +14,8 @@ _EPILOG_EMBEDDER = """examples:
       --steps 3000 --lr 5e-4 --warmup 50 --out out/train/embedder_jit     # fine-tune on misaligned crops
   glassfinder train embedder --init glassfinder/weights/embedder.safetensors --size-bins 20 \\
       --steps 3000 --lr 5e-4 --warmup 50 --out out/train/embedder_size   # learn to read the frame size
+  glassfinder train embedder --init glassfinder/weights/embedder.safetensors --same-family 8 \\
+      --steps 3000 --lr 5e-4 --warmup 50 --out out/train/embedder_fam    # half of each batch: one family
   torchrun --nproc_per_node 2 -m glassfinder train embedder --out out/ddp   # data-parallel
 
 Writes OUT/embedder.safetensors + embedder.json (config, training record, val recall@k),
@@ -86,6 +88,10 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                                 "(0: none; default: as in --init's weights, else none)")
             m.add_argument("--size-weight", type=float, default=d.size_loss_weight,
                            help="weight of the lens-width regression in the loss (default %(default)s)")
+            m.add_argument("--same-family", type=int, default=d.same_family, metavar="N",
+                           help="hard negatives: N of the batch's classes come from one frame family (another "
+                                "model of the same family is the commonest wrong answer); 0: all at random "
+                                "(default %(default)s)")
         m.set_defaults(func=_run_embedder if name == "embedder" else _run_gate)
 
     b = bench.add_parser(
@@ -117,7 +123,8 @@ def _config(args: argparse.Namespace):
                        checkpoint_every=args.checkpoint_every, seed=args.seed, resume=args.resume,
                        real_faces_dir=args.real_faces, real_face_share=args.real_share, init_weights=args.init,
                        crop_jitter=args.crop_jitter, device=args.device,
-                       size_loss_weight=getattr(args, "size_weight", TrainConfig().size_loss_weight))
+                       size_loss_weight=getattr(args, "size_weight", TrainConfig().size_loss_weight),
+                       same_family=getattr(args, "same_family", TrainConfig().same_family))
 
 
 def _report(result) -> int:

@@ -198,6 +198,8 @@ def test_bad_configs():
         TrainConfig(steps=0)
     with pytest.raises(ConfigError):
         train_embedder(TrainConfig(samples_per_class=1), _data(), TINY)
+    with pytest.raises(ConfigError, match="frame families"):  # the shapes stand-in has no families
+        train_embedder(TrainConfig(same_family=2), _data(), TINY)
 
 
 def test_init_weights_starts_from_a_trained_model(tmp_path):
@@ -217,3 +219,27 @@ def test_init_weights_starts_from_a_trained_model(tmp_path):
     other = EmbedderConfig(stem_channels=8, stages=TINY.stages, last_channels=40, embedding_dim=16)
     with pytest.raises(ConfigError, match="config differs"):
         train_embedder(_cfg(tmp_path / "c", steps=1, init_weights=str(first.weights)), _data(), other)
+
+
+def test_pk_labels_same_family():
+    rng = np.random.default_rng(1)
+    families = np.repeat(np.arange(5), 20)  # 5 families of 20 classes
+    for _ in range(20):
+        lab = pk_labels(100, 8, 2, rng, families, same_family=5)
+        classes = np.unique(lab)
+        assert len(classes) == 8 and all((lab == c).sum() == 2 for c in classes)
+        assert np.bincount(families[classes]).max() >= 5  # at least 5 share one family
+    # a family smaller than same_family gives all its members, the rest at random
+    small = np.array([0, 0] + [1] * 98)
+    lab = pk_labels(100, 8, 1, np.random.default_rng(2), small, same_family=6)
+    assert len(np.unique(lab)) == 8
+    with pytest.raises(ConfigError, match="same_family"):
+        TrainConfig(same_family=17)
+
+
+def test_same_family_training_records_the_option(tmp_path):
+    from dataclasses import replace
+
+    data = replace(_data(), train_families=np.arange(12, dtype=np.int64) % 3)
+    result = train_embedder(_cfg(tmp_path, steps=2, same_family=3, eval_every=2, checkpoint_every=2), data, TINY)
+    assert json.loads(result.weights.with_suffix(".json").read_text())["train"]["same_family"] == 3
