@@ -567,14 +567,7 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
             model.cpu()
             size_choice: dict[str, Any] = {}
             if sized and data.val_skus is not None:  # like the gate threshold: chosen on VAL, stored with the weights
-                scale, table = choose_size_scale(model, data.val_skus, cfg.val_seed)
-                model.cfg = model_cfg = replace(model_cfg, size_scale=scale)
-                size_choice = {"size_scale_choice": {
-                    "chosen": scale, "rule": "best SKU recall@1 + recall@10 (train.pick_size_scale)",
-                    "split": "val (all VAL SKUs, misaligned queries on other faces)", "table": table}}
-                row = next(r for r in table if r["size_scale"] == scale)
-                print(f"[embedder] size_scale {scale}: VAL SKU recall@1 {row['sku_recall@1']:.4f}, "
-                      f"@10 {row['sku_recall@10']:.4f}", file=sys.stderr)
+                model_cfg, size_choice = size_scale_choice(model, data.val_skus, cfg.val_seed)
             save_weights(model, model_cfg, weights, {
                 "train": {"loss": cfg.loss, "steps": step, "batch": cfg.batch_size, "lr": cfg.lr,
                           "warmup_steps": cfg.warmup_steps,
@@ -594,9 +587,42 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
         _finish(d)
 
 
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Uniform average of state dicts of one architecture; integer buffers (BN step counts) are the first's."""
+    return {k: torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+
+
+def soup_embedder(paths: list[str], out_dir: str, val: SkuValData | None = None,
+                  seed: int = TrainConfig().val_seed) -> Path:
+    """A "model soup": the uniform weight average of embedders fine-tuned from one start (different data
+    seeds or batch rules), which validates better than each. Writes out_dir/embedder.safetensors + .json;
+    a size read-out gets its size_scale chosen on VAL again (val: default_sku_val_data()).
+
+    Runs that do not share a start average into noise; the VAL numbers in the sidecar show it."""
+    if len(paths) < 2:
+        raise ConfigError("a soup needs at least two embedder weight files")
+    states, sides = zip(*(read_weights(p) for p in paths))
+    cfgs = [EmbedderConfig.from_dict(side["config"]) for side in sides]
+    for p, c in zip(paths[1:], cfgs[1:]):  # size_scale is chosen again below, so it may differ
+        if replace(c, size_scale=0.0) != replace(cfgs[0], size_scale=0.0):
+            raise ConfigError(f"{p}: a different architecture from {paths[0]}; only weights of one config average")
+    model = build_embedder(cfgs[0])
+    model.load_state_dict(average_states(list(states)))
+    model.eval()
+    meta: dict[str, Any] = {"soup": {"of": [str(p) for p in paths], "rule": "uniform average of the weights"}}
+    if model.cfg.size_bins:
+        meta.update(size_scale_choice(model, val if val is not None else default_sku_val_data(), seed)[1])
+    weights = Path(out_dir) / "embedder.safetensors"
+    save_weights(model, model.cfg, weights, meta)
+    return weights
+
+
 # Candidate size_scale values (weight of the size triangles against the appearance part); 0 = ignore size.
 SIZE_SCALES = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
 SKU_VAL_ENROLL = 4  # renders enrolled per VAL SKU when choosing size_scale (mean vector, like the gallery)
+# Queries per VAL SKU when choosing size_scale: with one (800 queries) the pick moved with the seed.
+SKU_VAL_QUERIES = 3
 
 
 def with_size_scale(appearance: npt.NDArray[np.float32], triangles: npt.NDArray[np.float32],
@@ -608,22 +634,36 @@ def with_size_scale(appearance: npt.NDArray[np.float32], triangles: npt.NDArray[
 
 def choose_size_scale(model: Embedder, val: SkuValData, seed: int,
                       scales: tuple[float, ...] = SIZE_SCALES) -> tuple[float, list[dict[str, float]]]:
-    """size_scale picked (`pick_size_scale`) from the SKU-level recall of misaligned VAL queries among
-    all VAL SKUs (sibling sizes compete), and the table of every candidate (SKU and group recall@1, @10)."""
+    """size_scale picked (`pick_size_scale`) from the SKU-level recall of misaligned VAL queries
+    (SKU_VAL_QUERIES per SKU) among all VAL SKUs (sibling sizes compete), and the table of every
+    candidate (SKU and group recall@1, @10)."""
     rng = np.random.default_rng(seed)
     skus = np.arange(val.enroll.num_classes, dtype=np.int64)
     labels = np.repeat(skus, SKU_VAL_ENROLL)
     enrolled = embed_parts(model, val.enroll.render(labels, rng))
-    queries = embed_parts(model, val.query.render(skus, rng))
+    asked = np.repeat(skus, SKU_VAL_QUERIES)
+    queries = embed_parts(model, val.query.render(asked, rng))
     table = []
     for scale in scales:
         gallery, glabels = enroll(with_size_scale(*enrolled, scale), labels)
         q = with_size_scale(*queries, scale)
-        sku = recall_at_k(gallery, glabels, q, skus, ks=(1, 10))
-        group = recall_at_k(gallery, val.groups[glabels], q, val.groups[skus], ks=(1, 10))
+        sku = recall_at_k(gallery, glabels, q, asked, ks=(1, 10))
+        group = recall_at_k(gallery, val.groups[glabels], q, val.groups[asked], ks=(1, 10))
         table.append({"size_scale": scale, "sku_recall@1": sku["recall@1"], "sku_recall@10": sku["recall@10"],
                       "group_recall@1": group["recall@1"], "group_recall@10": group["recall@10"]})
     return pick_size_scale(table), table
+
+
+def size_scale_choice(model: Embedder, val: SkuValData, seed: int) -> tuple[EmbedderConfig, dict[str, Any]]:
+    """Choose size_scale on VAL and set it on `model`: (its new config, the sidecar record of the choice)."""
+    scale, table = choose_size_scale(model, val, seed)
+    model.cfg = replace(model.cfg, size_scale=scale)
+    row = next(r for r in table if r["size_scale"] == scale)
+    print(f"[embedder] size_scale {scale}: VAL SKU recall@1 {row['sku_recall@1']:.4f}, "
+          f"@10 {row['sku_recall@10']:.4f}", file=sys.stderr)
+    return model.cfg, {"size_scale_choice": {
+        "chosen": scale, "rule": "best SKU recall@1 + recall@10 (train.pick_size_scale)",
+        "split": "val (all VAL SKUs, misaligned queries on other faces)", "table": table}}
 
 
 def pick_size_scale(table: list[dict[str, float]]) -> float:
@@ -858,7 +898,6 @@ def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
     train_cams, query_cams = _cameras()
     val_groups = group_skus(catalog.by_split("val"))
     enroll_faces, query_faces = FaceCropCache(val_faces[:half]), FaceCropCache(val_faces[half:])
-    val_skus = [[sku] for group in val_groups for sku in group]  # one class per SKU, grouped by frame
     train_groups = group_skus(catalog.by_split("train"))
     family_names = [g[0].shape.family.value for g in train_groups]
     return EmbedderData(
@@ -868,11 +907,32 @@ def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
         val_query=RenderedCropSource(val_groups, query_faces, query_cams),
         # Gallery crops are aligned on ground truth; query crops come from the aligner.
         val_query_jittered=RenderedCropSource(val_groups, query_faces, query_cams, jitter=ALIGNER_JITTER),
-        val_skus=SkuValData(
-            enroll=RenderedCropSource(val_skus, enroll_faces, (GALLERY_CAMERA,)),
-            query=RenderedCropSource(val_skus, query_faces, query_cams, jitter=ALIGNER_JITTER),
-            groups=np.repeat(np.arange(len(val_groups)), [len(g) for g in val_groups]).astype(np.int64)),
+        val_skus=_sku_val_data(val_groups, enroll_faces, query_faces),
     )
+
+
+def _sku_val_data(val_groups: list[list[Any]], enroll_faces: Any, query_faces: Any) -> SkuValData:
+    """One class per VAL SKU (sizes apart), enrolled with the gallery camera and queried misaligned
+    with the query camera on the other faces."""
+    from glassfinder.camera import GALLERY_CAMERA
+    from glassfinder.renderer import ALIGNER_JITTER
+
+    val_skus = [[sku] for group in val_groups for sku in group]
+    return SkuValData(
+        enroll=RenderedCropSource(val_skus, enroll_faces, (GALLERY_CAMERA,)),
+        query=RenderedCropSource(val_skus, query_faces, _cameras()[1], jitter=ALIGNER_JITTER),
+        groups=np.repeat(np.arange(len(val_groups)), [len(g) for g in val_groups]).astype(np.int64))
+
+
+def default_sku_val_data() -> SkuValData:
+    """The VAL SKUs as training chooses size_scale on them (VAL faces: first half enrols, second queries)."""
+    from glassfinder.catalog import build_catalog
+    from glassfinder.renderer import FaceCropCache
+
+    faces = _val_faces()
+    half = len(faces) // 2
+    return _sku_val_data(group_skus(build_catalog().by_split("val")), FaceCropCache(faces[:half]),
+                         FaceCropCache(faces[half:]))
 
 
 def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: float = 0.5, jitter: Any = None) -> Any:

@@ -1,4 +1,4 @@
-"""`glassfinder train embedder|gate`: train a model on batches rendered on the fly."""
+"""`glassfinder train embedder|gate`: train a model on batches rendered on the fly; `train soup`: average runs."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,13 @@ _EPILOG_EMBEDDER = """examples:
 Writes OUT/embedder.safetensors + embedder.json (config, training record, val recall@k),
 OUT/checkpoint.safetensors every --checkpoint-every steps and OUT/log.jsonl.
 Copy the two final files to glassfinder/weights/ to make them the default weights."""
+
+_EPILOG_SOUP = """example:
+  glassfinder train soup out/train/embedder_a/embedder.safetensors out/train/embedder_b/embedder.safetensors \\
+      --out out/train/embedder_soup
+
+Writes OUT/embedder.safetensors + embedder.json (the files averaged; with a size read-out, the
+size_scale chosen on VAL and its table). Check the VAL numbers against each run before adopting it."""
 
 _EPILOG_GATE = """examples:
   glassfinder train gate --steps 1500 --out out/train/gate
@@ -94,6 +101,16 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                                 "(default %(default)s)")
         m.set_defaults(func=_run_embedder if name == "embedder" else _run_gate)
 
+    m = models.add_parser(
+        "soup", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG_SOUP,
+        help="average the weights of embedders fine-tuned from one start (a model soup)",
+        description="Average embedder weights fine-tuned from the same start (other data seeds or batch rules): "
+                    "the average usually validates better than each run. A size read-out's size_scale is "
+                    "chosen again on VAL, as at the end of training.")
+    m.add_argument("weights", nargs="+", metavar="WEIGHTS", help="embedder .safetensors files (two or more)")
+    m.add_argument("--out", required=True, help="output folder for embedder.safetensors + .json")
+    m.set_defaults(func=_run_soup)
+
     b = bench.add_parser(
         "gate", help="gate TPR / FPR on synthetic val crops and on a folder of real photos",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -164,6 +181,13 @@ def _embedder_config(init: str | None, size_bins: int | None, train_cfg=None):
                               f"{cfg.size_bins} bins; --size-bins {size_bins} cannot change it")
         cfg = replace(cfg, size_bins=size_bins)
     return cfg
+
+
+def _run_soup(args: argparse.Namespace) -> int:
+    from glassfinder.train import soup_embedder
+
+    print(f"wrote {soup_embedder(args.weights, args.out)} (+ .json)")
+    return 0
 
 
 def _run_gate(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from glassfinder.train import (
     choose_size_scale,
     pick_size_scale,
     size_errors,
+    soup_embedder,
     train_embedder,
     with_size_scale,
 )
@@ -196,3 +197,24 @@ def test_pick_size_scale_weighs_recall_at_1_and_at_10_and_prefers_the_smaller_we
     table = [{"size_scale": s, "sku_recall@1": r1, "sku_recall@10": r10} for s, r1, r10 in rows]
     assert pick_size_scale(table) == 2.0  # 4.0 has the best recall@1 but loses more at 10
     assert pick_size_scale([*table, {"size_scale": 3.0, "sku_recall@1": 0.47, "sku_recall@10": 0.96}]) == 2.0
+
+
+def test_soup_averages_the_weights_and_chooses_size_scale_again(tmp_path):
+    torch.manual_seed(0)
+    a, b = build_embedder(TINY_SIZED), build_embedder(replace(TINY_SIZED, size_scale=4.0))
+    save_weights(a, a.cfg, tmp_path / "a.safetensors", {})
+    save_weights(b, b.cfg, tmp_path / "b.safetensors", {})
+    val = ShapesCropSource(8, seed=99)
+    path = soup_embedder([str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")], str(tmp_path / "soup"),
+                         SkuValData(val, val, groups=np.arange(8, dtype=np.int64)), seed=0)
+    model, side = load_embedder(path)
+    sa, sb, ss = a.state_dict(), b.state_dict(), model.state_dict()
+    assert all(torch.allclose(ss[k], (sa[k] + sb[k]) / 2) for k in ss if ss[k].is_floating_point())
+    assert model.cfg.size_scale == side["size_scale_choice"]["chosen"]
+    assert side["soup"]["of"] == [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
+    other = build_embedder(replace(TINY_SIZED, size_bins=8))
+    save_weights(other, other.cfg, tmp_path / "c.safetensors", {})
+    with pytest.raises(ConfigError, match="different architecture"):
+        soup_embedder([str(tmp_path / "a.safetensors"), str(tmp_path / "c.safetensors")], str(tmp_path / "bad"))
+    with pytest.raises(ConfigError, match="at least two"):
+        soup_embedder([str(tmp_path / "a.safetensors")], str(tmp_path / "bad"))
