@@ -524,7 +524,8 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
         if sized and not all(hasattr(s, "render_sized") for s in (data.train, data.val_query)):
             raise ConfigError("an embedder with a size read-out needs crop sources that report frame sizes")
         if cfg.same_family and data.train_families is None:
-            raise ConfigError("same_family batches need the train classes' frame families (EmbedderData.train_families)")
+            raise ConfigError("same_family batches need the train classes' frame families "
+                              "(EmbedderData.train_families)")
         model = build_embedder(model_cfg)
         init = _init_from(model, model_cfg, cfg.init_weights)
         loss = build_loss(cfg.loss, data.train.num_classes, model_cfg.appearance_dim)
