@@ -613,7 +613,9 @@ def soup_embedder(paths: list[str], out_dir: str, val: SkuValData | None = None,
     model.eval()
     meta: dict[str, Any] = {"soup": {"of": [str(p) for p in paths], "rule": "uniform average of the weights"}}
     if model.cfg.size_bins:
-        meta.update(size_scale_choice(model, val if val is not None else default_sku_val_data(), seed)[1])
+        choice = size_scale_choice(model, val if val is not None else default_sku_val_data(), seed)[1]
+        chosen = choice["size_scale_choice"]
+        meta.update(choice, validation=next(r for r in chosen["table"] if r["size_scale"] == chosen["chosen"]))
     weights = Path(out_dir) / "embedder.safetensors"
     save_weights(model, model.cfg, weights, meta)
     return weights

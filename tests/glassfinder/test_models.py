@@ -159,8 +159,10 @@ def test_committed_default_weights_match_their_config():
     assert replace(emb.cfg, size_bins=0, size_scale=EmbedderConfig().size_scale) == EmbedderConfig()
     assert emb.cfg.size_bins > 0 and side["size_scale_choice"]["chosen"] == emb.cfg.size_scale
     assert side["input"] == emb.cfg.input_contract()
-    assert side["command"].startswith(("glassfinder train embedder", "OMP_NUM_THREADS=1")) and side["train"]["steps"] > 0
-    assert 0.0 <= side["validation"]["recall@1"] <= 1.0
+    assert side["command"].startswith(("glassfinder train embedder", "OMP_NUM_THREADS=1"))
+    # Every stage trained some steps or averaged earlier runs (train soup).
+    assert side["stages"] and all(st.get("steps", 0) > 0 or st.get("soup_of") for st in side["stages"])
+    assert all(0.0 <= v <= 1.0 for k, v in side["validation"].items() if "recall@" in k)
     gate, gside = load_gate()
     assert gate.cfg == GateConfig() and gside["input"] == gate.cfg.input_contract()
     assert 0.0 < gside["threshold"] < 1.0 and gside["validation"]["fpr"] <= 0.01

@@ -211,6 +211,7 @@ def test_soup_averages_the_weights_and_chooses_size_scale_again(tmp_path):
     sa, sb, ss = a.state_dict(), b.state_dict(), model.state_dict()
     assert all(torch.allclose(ss[k], (sa[k] + sb[k]) / 2) for k in ss if ss[k].is_floating_point())
     assert model.cfg.size_scale == side["size_scale_choice"]["chosen"]
+    assert side["validation"]["size_scale"] == model.cfg.size_scale and "sku_recall@1" in side["validation"]
     assert side["soup"]["of"] == [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
     other = build_embedder(replace(TINY_SIZED, size_bins=8))
     save_weights(other, other.cfg, tmp_path / "c.safetensors", {})
