@@ -568,8 +568,8 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
             model.cpu()
             size_choice: dict[str, Any] = {}
             if sized and data.val_skus is not None:  # like the gate threshold: chosen on VAL, stored with the weights
-                model_cfg, size_choice = size_scale_choice(model, data.val_skus, cfg.val_seed)
-            save_weights(model, model_cfg, weights, {
+                size_choice["size_scale_choice"] = size_scale_choice(model, data.val_skus, cfg.val_seed)[0]
+            save_weights(model, model.cfg, weights, {
                 "train": {"loss": cfg.loss, "steps": step, "batch": cfg.batch_size, "lr": cfg.lr,
                           "warmup_steps": cfg.warmup_steps,
                           "classes_per_batch": cfg.classes_per_batch, "samples_per_class": cfg.samples_per_class,
@@ -610,12 +610,10 @@ def soup_embedder(paths: list[str], out_dir: str, val: SkuValData | None = None,
             raise ConfigError(f"{p}: a different architecture from {paths[0]}; only weights of one config average")
     model = build_embedder(cfgs[0])
     model.load_state_dict(average_states(list(states)))
-    model.eval()
     meta: dict[str, Any] = {"soup": {"of": [str(p) for p in paths], "rule": "uniform average of the weights"}}
     if model.cfg.size_bins:
-        choice = size_scale_choice(model, val if val is not None else default_sku_val_data(), seed)[1]
-        chosen = choice["size_scale_choice"]
-        meta.update(choice, validation=next(r for r in chosen["table"] if r["size_scale"] == chosen["chosen"]))
+        record, row = size_scale_choice(model, val if val is not None else default_sku_val_data(), seed)
+        meta.update(size_scale_choice=record, validation=row)
     weights = Path(out_dir) / "embedder.safetensors"
     save_weights(model, model.cfg, weights, meta)
     return weights
@@ -657,16 +655,16 @@ def choose_size_scale(model: Embedder, val: SkuValData, seed: int,
     return pick_size_scale(table), table
 
 
-def size_scale_choice(model: Embedder, val: SkuValData, seed: int) -> tuple[EmbedderConfig, dict[str, Any]]:
-    """Choose size_scale on VAL and set it on `model`: (its new config, the sidecar record of the choice)."""
+def size_scale_choice(model: Embedder, val: SkuValData, seed: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """Choose size_scale on VAL and set it on `model.cfg`: (the sidecar record of the choice, the
+    chosen row of its table)."""
     scale, table = choose_size_scale(model, val, seed)
     model.cfg = replace(model.cfg, size_scale=scale)
     row = next(r for r in table if r["size_scale"] == scale)
     print(f"[embedder] size_scale {scale}: VAL SKU recall@1 {row['sku_recall@1']:.4f}, "
           f"@10 {row['sku_recall@10']:.4f}", file=sys.stderr)
-    return model.cfg, {"size_scale_choice": {
-        "chosen": scale, "rule": "best SKU recall@1 + recall@10 (train.pick_size_scale)",
-        "split": "val (all VAL SKUs, misaligned queries on other faces)", "table": table}}
+    return {"chosen": scale, "rule": "best SKU recall@1 + recall@10 (train.pick_size_scale)",
+            "split": "val (all VAL SKUs, misaligned queries on other faces)", "table": table}, row
 
 
 def pick_size_scale(table: list[dict[str, float]]) -> float:
@@ -689,7 +687,8 @@ def _embedder_val_set(data: EmbedderData, cfg: TrainConfig, sized: bool = False)
     n = min(cfg.val_classes, data.val_enroll.num_classes)
     classes = np.sort(rng.choice(data.val_enroll.num_classes, size=n, replace=False)).astype(np.int64)
     enroll_labels = np.repeat(classes, cfg.val_enroll)
-    out = {"enroll": data.val_enroll.render(enroll_labels, rng), "enroll_labels": enroll_labels, "query_labels": classes}
+    out = {"enroll": data.val_enroll.render(enroll_labels, rng), "enroll_labels": enroll_labels,
+           "query_labels": classes}
 
     def queries(key: str, source: CropSource, rng: np.random.Generator) -> None:
         # The sized render draws the same random numbers, so the val set is the same either way.
@@ -893,14 +892,13 @@ def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
     from glassfinder.catalog import build_catalog
     from glassfinder.camera import GALLERY_CAMERA
 
-    from glassfinder.renderer import ALIGNER_JITTER, FaceCropCache
+    from glassfinder.renderer import ALIGNER_JITTER
 
     catalog = build_catalog()
     train_faces, val_faces = _faces(cfg.real_faces_dir)
-    half = len(val_faces) // 2
     train_cams, query_cams = _cameras()
     val_groups = group_skus(catalog.by_split("val"))
-    enroll_faces, query_faces = FaceCropCache(val_faces[:half]), FaceCropCache(val_faces[half:])
+    enroll_faces, query_faces = _enroll_and_query_faces(val_faces)
     train_groups = group_skus(catalog.by_split("train"))
     family_names = [g[0].shape.family.value for g in train_groups]
     return EmbedderData(
@@ -927,15 +925,19 @@ def _sku_val_data(val_groups: list[list[Any]], enroll_faces: Any, query_faces: A
         groups=np.repeat(np.arange(len(val_groups)), [len(g) for g in val_groups]).astype(np.int64))
 
 
-def default_sku_val_data() -> SkuValData:
-    """The VAL SKUs as training chooses size_scale on them (VAL faces: first half enrols, second queries)."""
-    from glassfinder.catalog import build_catalog
+def _enroll_and_query_faces(val_faces: list[Any]) -> tuple[Any, Any]:
+    """VAL faces -> (FaceCropCache of the first half, which enrols; of the second half, which queries)."""
     from glassfinder.renderer import FaceCropCache
 
-    faces = _val_faces()
-    half = len(faces) // 2
-    return _sku_val_data(group_skus(build_catalog().by_split("val")), FaceCropCache(faces[:half]),
-                         FaceCropCache(faces[half:]))
+    half = len(val_faces) // 2
+    return FaceCropCache(val_faces[:half]), FaceCropCache(val_faces[half:])
+
+
+def default_sku_val_data() -> SkuValData:
+    """The VAL SKUs as training chooses size_scale on them."""
+    from glassfinder.catalog import build_catalog
+
+    return _sku_val_data(group_skus(build_catalog().by_split("val")), *_enroll_and_query_faces(_val_faces()))
 
 
 def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: float = 0.5, jitter: Any = None) -> Any:
