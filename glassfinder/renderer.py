@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -682,6 +682,43 @@ class CropJitter:
 # log-scale std 0.062. (It also has a small bias, -2.2 % in y and +2.4 % in scale, left out here.)
 ALIGNER_JITTER = CropJitter(shift=0.045, rotation_deg=2.2, scale=0.06)
 
+@dataclass(frozen=True)
+class SkinTexture:
+    """Texture laid over a face crop before the glasses are drawn, which real faces have and the
+    procedural ones lack: fine value noise (pores, blotches, stubble) and broad shading (uneven
+    light, shadows, ruddy patches), both multiplicative.
+
+    Why: trained on smooth, evenly lit procedural skin, the gate learnt "texture = glasses". On
+    bare VAL faces, fine noise of 6-10 % made the stage-3 gate accept 56-70 % of them, and after
+    training with fine noise alone, broad shading of 20-30 % still made it accept 30-40 %; it
+    accepted 35 of 36 real bare faces (TRAINING.md, gate stage 4). Per crop, each part's std is
+    drawn uniform in [0, its bound] and its correlation length log-uniform in its range."""
+
+    fine: float = 0.12  # upper bound of the fine noise's std, as a fraction of the pixel value
+    fine_cell_px: tuple[float, float] = (1.0, 6.0)  # its correlation length, crop pixels
+    shading: float = 0.25  # upper bound of the broad shading's std
+    shading_cell_px: tuple[float, float] = (8.0, 32.0)
+
+    def scaled(self, k: float) -> "SkinTexture":
+        """Both bounds times k."""
+        return replace(self, fine=self.fine * k, shading=self.shading * k)
+
+
+def _value_noise(rng: np.random.Generator, h: int, w: int, cell_px: tuple[float, float]) -> npt.NDArray[np.float32]:
+    """(h, w) zero-mean, unit-std noise, smooth over a correlation length drawn log-uniform in cell_px."""
+    cell = math.exp(rng.uniform(math.log(cell_px[0]), math.log(cell_px[1])))
+    grid = rng.standard_normal((math.ceil(h / cell) + 2, math.ceil(w / cell) + 2)).astype(F32)
+    noise = np.asarray(Image.fromarray(grid).resize((w, h), Image.Resampling.BICUBIC), F32)
+    return (noise - noise.mean()) / max(float(noise.std()), 1e-6)
+
+
+def skin_texture_field(rng: np.random.Generator, h: int, w: int, tex: SkinTexture) -> npt.NDArray[np.float32]:
+    """(h, w) float32 multiplicative texture around 1 (see SkinTexture)."""
+    field = 1.0 + rng.uniform(0.0, tex.fine) * _value_noise(rng, h, w, tex.fine_cell_px)
+    field *= 1.0 + rng.uniform(0.0, tex.shading) * _value_noise(rng, h, w, tex.shading_cell_px)
+    return np.maximum(field, 0.3).astype(F32)
+
+
 # Context kept around each cached crop (pixels at crop scale), so that a jittered crop is re-warped
 # from real face pixels rather than padded; enough for ALIGNER_JITTER at its clip (twice that can
 # leave a few black corner pixels on the rarest draws).
@@ -784,6 +821,7 @@ def render_crop_batch(
     camera: CameraConfig | None = None,
     return_masks: bool = False,
     jitter: CropJitter | None = None,
+    skin: SkinTexture | None = None,
 ):
     """Render skus (None entries: bare faces) on cached face crops, directly at crop resolution.
 
@@ -792,7 +830,8 @@ def render_crop_batch(
     flip says otherwise (the template is left-right symmetric), and the fit jitters per sample.
     jitter (None or all zero: off) misaligns each face crop as the aligner would, before the glasses are
     drawn on it (they sit on the jittered face). camera (optional) degrades every crop afterwards
-    (masks are not affected)."""
+    (masks are not affected). skin (optional) textures each face crop before the glasses are drawn.
+    """
     n = len(skus)
     H, W = faces.crops.shape[1:3]
     out = np.empty((n, H, W, 3), np.uint8)
@@ -806,6 +845,8 @@ def render_crop_batch(
         else:
             canvas = faces.crops[f].astype(F32)
             kp, temples = faces.keypoints[f], faces.temples[f]
+        if skin is not None:
+            canvas = canvas * skin_texture_field(rng, H, W, skin)[..., None]
         yaw, pitch = faces.yaw_pitch[f]
         if mirror:
             canvas = canvas[:, ::-1].copy()

@@ -86,6 +86,9 @@ class TrainConfig:
     # Training crops misaligned like the aligner's (glassfinder.renderer.ALIGNER_JITTER times this);
     # 0: perfectly aligned crops, which the models never get at query time.
     crop_jitter: float = 1.0
+    # Skin texture on the training faces: renderer.SkinTexture() times this (0: off). The gate
+    # otherwise learns "textured = glasses" from smooth procedural skin and accepts real bare faces.
+    skin_texture: float = 0.0
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
     # Embedder with a size read-out (EmbedderConfig.size_bins > 0): weight of the lens-width
     # regression (mean squared error in units of SIZE_UNIT_MM) added to the metric loss.
@@ -107,6 +110,8 @@ class TrainConfig:
             raise ConfigError(f"real_face_share must be in [0, 1], got {self.real_face_share}")
         if not 0.0 <= self.crop_jitter <= 2.0:
             raise ConfigError(f"crop_jitter must be in [0, 2] (times the aligner's error), got {self.crop_jitter}")
+        if not 0.0 <= self.skin_texture <= 2.0:
+            raise ConfigError(f"skin_texture must be in [0, 2] (times renderer.SkinTexture()), got {self.skin_texture}")
         if not 0 <= self.same_family <= self.classes_per_batch:
             raise ConfigError(f"same_family must be in [0, classes_per_batch={self.classes_per_batch}], "
                               f"got {self.same_family}")
@@ -574,7 +579,7 @@ def train_embedder(cfg: TrainConfig, data: EmbedderData | None = None,
                           "warmup_steps": cfg.warmup_steps,
                           "classes_per_batch": cfg.classes_per_batch, "samples_per_class": cfg.samples_per_class,
                           "seed": cfg.seed, "num_classes": data.train.num_classes, "crop_jitter": cfg.crop_jitter,
-                          "size_loss_weight": cfg.size_loss_weight if sized else 0.0,
+                          "skin_texture": cfg.skin_texture, "size_loss_weight": cfg.size_loss_weight if sized else 0.0,
                           "same_family": cfg.same_family},
                 "validation": history[-1] if history else {},
                 "validation_split": "val (catalog VAL split; enrolment and query renders on disjoint faces, "
@@ -595,20 +600,23 @@ def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 
 
 def soup_embedder(paths: list[str], out_dir: str, val: SkuValData | None = None,
-                  seed: int = TrainConfig().val_seed) -> Path:
+                  seed: int = TrainConfig().val_seed, flip_average: bool | None = None) -> Path:
     """A "model soup": the uniform weight average of embedders fine-tuned from one start (different data
     seeds or batch rules), which validates better than each. Writes out_dir/embedder.safetensors + .json;
     a size read-out gets its size_scale chosen on VAL again (val: default_sku_val_data()).
+    flip_average: set EmbedderConfig.flip_average on the soup (None: as in the first file).
 
     Runs that do not share a start average into noise; the VAL numbers in the sidecar show it."""
     if len(paths) < 2:
         raise ConfigError("a soup needs at least two embedder weight files")
     states, sides = zip(*(read_weights(p) for p in paths))
     cfgs = [EmbedderConfig.from_dict(side["config"]) for side in sides]
-    for p, c in zip(paths[1:], cfgs[1:]):  # size_scale is chosen again below, so it may differ
-        if replace(c, size_scale=0.0) != replace(cfgs[0], size_scale=0.0):
+    inference_only = dict(size_scale=0.0, flip_average=False)  # not the weights' business: may differ
+    for p, c in zip(paths[1:], cfgs[1:]):
+        if replace(c, **inference_only) != replace(cfgs[0], **inference_only):
             raise ConfigError(f"{p}: a different architecture from {paths[0]}; only weights of one config average")
-    model = build_embedder(cfgs[0])
+    flip = cfgs[0].flip_average if flip_average is None else flip_average
+    model = build_embedder(replace(cfgs[0], flip_average=flip))
     model.load_state_dict(average_states(list(states)))
     meta: dict[str, Any] = {"soup": {"of": [str(p) for p in paths], "rule": "uniform average of the weights"}}
     if model.cfg.size_bins:
@@ -755,7 +763,7 @@ def train_gate(cfg: TrainConfig, data: GateData | None = None, model_cfg: GateCo
                 "score": "P(glasses) = 1 - softmax(logits)[none]",
                 "train": {"steps": step, "batch": cfg.batch_size, "seed": cfg.seed, "lr": cfg.lr,
                           "real_faces_dir": cfg.real_faces_dir, "real_face_share": cfg.real_face_share,
-                          "crop_jitter": cfg.crop_jitter},
+                          "crop_jitter": cfg.crop_jitter, "skin_texture": cfg.skin_texture},
                 "validation": final,
                 "validation_split": "val (catalog VAL split glasses on val faces; val bare faces and procedural "
                                     "negatives; query camera with a whole scene's blur; jittered_*: the same "
@@ -792,12 +800,13 @@ VAL_FACES = 120  # procedural VAL faces: the first half enrols, the second half 
 class RenderedCropSource:
     """A CropSource over catalog groups: label c is groups[c]; each render takes a random size
     (SKU) of the group, a random cached face, the renderer's fit jitter and mirroring, the crop
-    misalignment `jitter` (a renderer.CropJitter; None: off), and then one of `cameras` (a camera
-    model drawn per sample; none: clean renders)."""
+    misalignment `jitter` (a renderer.CropJitter; None: off), the face texture `skin` (a
+    renderer.SkinTexture; None: off), and then one of `cameras` (a camera model drawn per sample;
+    none: clean renders)."""
 
     def __init__(self, groups: list[list[Any]], faces: Any, cameras: tuple[Any, ...] = (), real_share: float = 0.5,
-                 jitter: Any = None):
-        self.groups, self.faces, self.cameras, self.jitter = groups, faces, cameras, jitter
+                 jitter: Any = None, skin: Any = None):
+        self.groups, self.faces, self.cameras, self.jitter, self.skin = groups, faces, cameras, jitter, skin
         self.num_classes = len(groups)
         self.pick_faces = face_picker(faces.face_ids, real_share)
 
@@ -810,7 +819,7 @@ class RenderedCropSource:
 
         skus = [self.groups[c][int(rng.integers(len(self.groups[c])))] for c in labels]
         crops = render_crop_batch(skus, self.faces, rng, face_index=self.pick_faces(len(skus), rng),
-                                  jitter=self.jitter)
+                                  jitter=self.jitter, skin=self.skin)
         return _camera(crops, self.cameras, rng), np.array([s.shape.lens_width_mm for s in skus], np.float32)
 
 
@@ -819,6 +828,13 @@ def _train_jitter(cfg: TrainConfig) -> Any:
     from glassfinder.renderer import ALIGNER_JITTER
 
     return ALIGNER_JITTER.scaled(cfg.crop_jitter)
+
+
+def _train_skin(cfg: TrainConfig) -> Any:
+    """The training faces' texture: renderer.SkinTexture() times cfg.skin_texture (0: None, off)."""
+    from glassfinder.renderer import SkinTexture
+
+    return SkinTexture().scaled(cfg.skin_texture) if cfg.skin_texture > 0 else None
 
 
 def face_picker(face_ids: list[str], real_share: float) -> Callable[[int, np.random.Generator], npt.NDArray[np.int64]]:
@@ -902,7 +918,8 @@ def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
     train_groups = group_skus(catalog.by_split("train"))
     family_names = [g[0].shape.family.value for g in train_groups]
     return EmbedderData(
-        train=RenderedCropSource(train_groups, train_faces, train_cams, cfg.real_face_share, _train_jitter(cfg)),
+        train=RenderedCropSource(train_groups, train_faces, train_cams, cfg.real_face_share, _train_jitter(cfg),
+                                 _train_skin(cfg)),
         train_families=np.unique(family_names, return_inverse=True)[1].astype(np.int64),
         val_enroll=RenderedCropSource(val_groups, enroll_faces, (GALLERY_CAMERA,)),
         val_query=RenderedCropSource(val_groups, query_faces, query_cams),
@@ -940,7 +957,8 @@ def default_sku_val_data() -> SkuValData:
     return _sku_val_data(group_skus(build_catalog().by_split("val")), *_enroll_and_query_faces(_val_faces()))
 
 
-def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: float = 0.5, jitter: Any = None) -> Any:
+def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: float = 0.5, jitter: Any = None,
+                 skin: Any = None) -> Any:
     from glassfinder.gate_data import MixedGateSource
     from glassfinder.renderer import render_crop_batch
 
@@ -952,7 +970,7 @@ def _gate_source(skus: Any, faces: Any, cameras: tuple[Any, ...], real_share: fl
         if not items:
             return np.zeros((0, *faces.crops.shape[1:]), np.uint8)
         crops = render_crop_batch(items, faces, rng, face_index=pick_faces(len(items), rng),
-                                  jitter=jitter)
+                                  jitter=jitter, skin=skin)
         return _camera(crops, cameras, rng)
 
     def glasses(n: int, sun: bool, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
@@ -978,7 +996,7 @@ def default_gate_data(cfg: TrainConfig) -> GateData:
     val_cache = FaceCropCache(val_faces)
     # Validated (and the threshold chosen) on crops as the pipeline's queries are: query camera.
     return GateData(train=_gate_source(catalog.by_split("train"), train_faces, train_cams, cfg.real_face_share,
-                                       _train_jitter(cfg)),
+                                       _train_jitter(cfg), _train_skin(cfg)),
                     val=_gate_source(catalog.by_split("val"), val_cache, query_cams),
                     val_jittered=_gate_source(catalog.by_split("val"), val_cache, query_cams, jitter=ALIGNER_JITTER))
 

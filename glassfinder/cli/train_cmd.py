@@ -6,6 +6,10 @@ import json
 
 from glassfinder_runtime.errors import ConfigError
 
+# `train gate` lays renderer.SkinTexture over its training faces by default (the committed gate's
+# recipe, TRAINING.md gate stage 4); `train embedder` does not.
+GATE_SKIN_TEXTURE = 1.0
+
 _EPILOG_EMBEDDER = """examples:
   glassfinder train embedder --steps 3000 --out out/train/embedder
   glassfinder train embedder --out out/train/embedder --resume          # continue after a stop
@@ -79,6 +83,12 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                             "K times the measured error (shift ~4.5%% of the eye distance per axis, rotation "
                             "~2.2 deg, scale ~6%%, as standard deviations); 0: perfectly aligned crops "
                             f"(default {d.crop_jitter})")
+        skin = GATE_SKIN_TEXTURE if name == "gate" else d.skin_texture
+        m.add_argument("--skin-texture", type=float, default=skin, metavar="K",
+                       help="lay skin texture over the training faces, K times renderer.SkinTexture (fine noise "
+                            "up to 12%% and broad shading up to 25%% of the pixel value, as standard deviations): "
+                            "real faces have it, the procedural ones do not, and a gate trained without it "
+                            f"reads texture as glasses and accepts real bare faces; 0: off (default {skin})")
         m.add_argument("--eval-every", type=int, default=d.eval_every,
                        help=f"validate every N steps (default {d.eval_every})")
         m.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
@@ -109,6 +119,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                     "chosen again on VAL, as at the end of training.")
     m.add_argument("weights", nargs="+", metavar="WEIGHTS", help="embedder .safetensors files (two or more)")
     m.add_argument("--out", required=True, help="output folder for embedder.safetensors + .json")
+    m.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=None,
+                   help="embed each crop and its mirror image and average them (inside the exported graph; "
+                        "about 2x the embedder's time, steadier vectors); default: as in the first file")
     m.set_defaults(func=_run_soup)
 
     b = bench.add_parser(
@@ -139,7 +152,7 @@ def _config(args: argparse.Namespace):
                        lr=args.lr, warmup_steps=args.warmup, loss=getattr(args, "loss", TrainConfig().loss), eval_every=args.eval_every,
                        checkpoint_every=args.checkpoint_every, seed=args.seed, resume=args.resume,
                        real_faces_dir=args.real_faces, real_face_share=args.real_share, init_weights=args.init,
-                       crop_jitter=args.crop_jitter, device=args.device,
+                       crop_jitter=args.crop_jitter, skin_texture=args.skin_texture, device=args.device,
                        size_loss_weight=getattr(args, "size_weight", TrainConfig().size_loss_weight),
                        same_family=getattr(args, "same_family", TrainConfig().same_family))
 
@@ -186,7 +199,7 @@ def _embedder_config(init: str | None, size_bins: int | None, train_cfg=None):
 def _run_soup(args: argparse.Namespace) -> int:
     from glassfinder.train import soup_embedder
 
-    print(f"wrote {soup_embedder(args.weights, args.out)} (+ .json)")
+    print(f"wrote {soup_embedder(args.weights, args.out, flip_average=args.flip_average)} (+ .json)")
     return 0
 
 
