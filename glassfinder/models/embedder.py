@@ -248,8 +248,9 @@ class Embedder(nn.Module):
         cfg.flip_average, in eval mode: the mean of both over the crop and its mirror image."""
         if not (self.cfg.flip_average and not self.training):
             return self._parts(x)
-        # The mirror as a gather of reversed columns: onnx2tf turns torch.flip's negative-step Slice
-        # into a wrong NHWC graph (TFLite float32 cosine 0.97 to torch), a Gather it converts exactly.
+        # The mirror as a gather of reversed columns: onnx2tf turned torch.flip's negative-step Slice
+        # into a wrong graph for the trained weights (TFLite float32 cosine 0.97 to torch; random
+        # weights came out right), a Gather it converts exactly (tests/export/test_flip_export.py).
         mirror = torch.index_select(x, 3, self.mirror_columns)
         appearance, size = self._parts(torch.cat([x, mirror], dim=0))  # one batch of 2n
 
