@@ -1,7 +1,8 @@
 """Camera model: the domain shift between clean renders and photos people actually take.
 
 `apply_camera` degrades a rendered image (or a batch) the way a phone camera and an album do:
-exposure, white balance, vignetting, defocus and motion blur, sensor noise, downscaling and JPEG.
+exposure, white balance, vignetting, defocus and motion blur, sensor noise, downscaling, (optionally)
+black-and-white, and JPEG.
 Every effect draws its strength per image from the ranges of a frozen `CameraConfig`; queries use
 a stronger preset (QUERY_CAMERA) than the gallery renders (GALLERY_CAMERA), so evaluation measures
 robustness to a camera the gallery never saw.
@@ -35,9 +36,12 @@ class CameraConfig:
     downscale: tuple[float, float] = (0.6, 0.9)  # its scale factor
     jpeg_p: float = 0.5  # probability of a JPEG round trip
     jpeg_quality: tuple[int, int] = (70, 95)
+    # Probability of a black-and-white photo (luma to all channels, before the JPEG). 0 draws nothing,
+    # so the presets' random streams are what they were before it existed.
+    greyscale_p: float = 0.0
 
     def validate(self) -> None:
-        for name in ("defocus_p", "motion_p", "downscale_p", "jpeg_p"):
+        for name in ("defocus_p", "motion_p", "downscale_p", "jpeg_p", "greyscale_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"CameraConfig.{name} must be a probability, got {getattr(self, name)}")
         lo, hi = self.jpeg_quality
@@ -126,6 +130,8 @@ def _apply_one(img: npt.NDArray[np.uint8], rng: np.random.Generator, cfg: Camera
         s = rng.uniform(*cfg.downscale)
         small = pil.resize((max(1, round(W * s)), max(1, round(H * s))), Image.Resampling.BILINEAR, reducing_gap=None)
         pil = small.resize((W, H), Image.Resampling.BILINEAR)
+    if cfg.greyscale_p > 0 and rng.random() < cfg.greyscale_p:
+        pil = pil.convert("L").convert("RGB")
     if rng.random() < cfg.jpeg_p:
         buf = io.BytesIO()
         pil.save(buf, format="JPEG", quality=int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)))

@@ -6,9 +6,11 @@ import json
 
 from glassfinder_runtime.errors import ConfigError
 
-# `train gate` lays renderer.SkinTexture over its training faces by default (the committed gate's
-# recipe, TRAINING.md gate stage 4); `train embedder` does not.
+# `train gate` lays renderer.SkinTexture over its training faces and turns a share of its training
+# crops black-and-white by default (the committed gate's recipe, TRAINING.md gate stage 4);
+# `train embedder` does neither (colour tells colourways apart).
 GATE_SKIN_TEXTURE = 1.0
+GATE_GREYSCALE = 0.1
 
 _EPILOG_EMBEDDER = """examples:
   glassfinder train embedder --steps 3000 --out out/train/embedder
@@ -89,6 +91,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                             "up to 12%% and broad shading up to 25%% of the pixel value, as standard deviations): "
                             "real faces have it, the procedural ones do not, and a gate trained without it "
                             f"reads texture as glasses and accepts real bare faces; 0: off (default {skin})")
+        grey = GATE_GREYSCALE if name == "gate" else d.greyscale
+        m.add_argument("--greyscale", type=float, default=grey, metavar="P",
+                       help=f"share of training crops turned black-and-white, like old photos (default {grey})")
         m.add_argument("--eval-every", type=int, default=d.eval_every,
                        help=f"validate every N steps (default {d.eval_every})")
         m.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
@@ -152,7 +157,8 @@ def _config(args: argparse.Namespace):
                        lr=args.lr, warmup_steps=args.warmup, loss=getattr(args, "loss", TrainConfig().loss), eval_every=args.eval_every,
                        checkpoint_every=args.checkpoint_every, seed=args.seed, resume=args.resume,
                        real_faces_dir=args.real_faces, real_face_share=args.real_share, init_weights=args.init,
-                       crop_jitter=args.crop_jitter, skin_texture=args.skin_texture, device=args.device,
+                       crop_jitter=args.crop_jitter, skin_texture=args.skin_texture, greyscale=args.greyscale,
+                       device=args.device,
                        size_loss_weight=getattr(args, "size_weight", TrainConfig().size_loss_weight),
                        same_family=getattr(args, "same_family", TrainConfig().same_family))
 

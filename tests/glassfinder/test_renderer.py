@@ -246,3 +246,21 @@ def test_a_crop_of_a_blurred_scene_matches_the_crop_preset_with_scaled_blur():
 def test_camera_rejects_bad_input():
     with pytest.raises(ValueError):
         apply_camera(np.zeros((8, 8), np.uint8), np.random.default_rng(0))
+
+
+JPEG_CHROMA_TOL = 2  # grey levels: a JPEG round trip of a grey RGB image leaves channels this close
+
+
+def test_greyscale_share_turns_photos_black_and_white_and_zero_draws_nothing(cache):
+    from dataclasses import replace
+
+    batch = render_crop_batch([_sku()] * 6, cache, np.random.default_rng(0))
+    grey = apply_camera(batch, np.random.default_rng(1), replace(QUERY_CAMERA, greyscale_p=1.0)).astype(int)
+    assert np.abs(grey - grey[..., :1]).max() <= JPEG_CHROMA_TOL
+    colour = apply_camera(batch, np.random.default_rng(1), QUERY_CAMERA).astype(int)
+    assert np.abs(colour - colour[..., :1]).max() > 20
+    # greyscale_p = 0 takes no random number: a config that sets it is the preset, bit for bit.
+    off = apply_camera(batch, np.random.default_rng(1), replace(QUERY_CAMERA, greyscale_p=0.0))
+    assert off.tobytes() == colour.astype(np.uint8).tobytes()
+    with pytest.raises(ValueError, match="greyscale_p"):
+        replace(QUERY_CAMERA, greyscale_p=1.5).validate()

@@ -1,4 +1,5 @@
-"""SkinTexture: fine texture on the training faces, so the gate cannot read "textured" as "glasses"."""
+"""SkinTexture: texture on the training faces, so the gate cannot read "textured" as "glasses"; and the
+gate's training defaults (texture, black-and-white share)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ from glassfinder.catalog import build_catalog
 from glassfinder.faces import make_face
 from glassfinder.renderer import FaceCropCache, SkinTexture, render_crop_batch, skin_texture_field
 from glassfinder.cli import build_parser
-from glassfinder.cli.train_cmd import GATE_SKIN_TEXTURE, _config
+from glassfinder.cli.train_cmd import GATE_GREYSCALE, GATE_SKIN_TEXTURE, _config
 from glassfinder.train import TrainConfig, _train_skin
 from glassfinder_runtime.errors import ConfigError
 
@@ -104,3 +105,6 @@ def test_train_config_skin_texture_range_and_defaults():
     gate = parser.parse_args(["train", "gate"])
     embedder = parser.parse_args(["train", "embedder"])
     assert _config(gate).skin_texture == GATE_SKIN_TEXTURE == 1.0 and _config(embedder).skin_texture == 0.0
+    assert _config(gate).greyscale == GATE_GREYSCALE == 0.1 and _config(embedder).greyscale == 0.0
+    with pytest.raises(ConfigError, match="greyscale"):
+        TrainConfig(greyscale=1.2)
