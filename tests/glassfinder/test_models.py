@@ -154,10 +154,12 @@ def test_weights_round_trip(tmp_path):
 def test_committed_default_weights_match_their_config():
     """The committed weights load into the default architecture and their sidecars say how they were made."""
     emb, side = load_embedder()
-    # The default architecture plus the size read-out (EmbedderConfig's default stays sizeless, so
-    # older sidecars without the size fields still load as what they are).
-    assert replace(emb.cfg, size_bins=0, size_scale=EmbedderConfig().size_scale) == EmbedderConfig()
+    # The default architecture plus the size read-out and the mirror average (EmbedderConfig's
+    # defaults stay off, so older sidecars without those fields still load as what they are).
+    default = EmbedderConfig()
+    assert replace(emb.cfg, size_bins=0, size_scale=default.size_scale, flip_average=False) == default
     assert emb.cfg.size_bins > 0 and side["size_scale_choice"]["chosen"] == emb.cfg.size_scale
+    assert emb.cfg.flip_average and side["stages"][-1]["flip_average"]
     assert side["input"] == emb.cfg.input_contract()
     assert side["command"].startswith(("glassfinder train embedder", "OMP_NUM_THREADS=1"))
     # Every stage trained some steps or averaged earlier runs (train soup).
