@@ -68,8 +68,6 @@ class FaceConfig:
     max_roll: float = 30.0
     # Background kind probabilities in BACKGROUNDS order.
     background_p: tuple[float, float, float] = (0.3, 0.3, 0.4)
-    # Brow thickness at the nose end, head units (the eyes are about 0.82 apart).
-    brow_thick: tuple[float, float] = (0.04, 0.075)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +217,7 @@ def draw_face_params(rng: np.random.Generator, cfg: FaceConfig) -> FaceParams:
         shape=shape, cranium_c=(0.0, 0.05, 0.0), cranium_r=(1.0, bc, c),
         jaw_y0=eye_y + jy, jaw_p=jp, chin_y=min(chin, bc - 0.02),
         eye_y=eye_y, eye_x=rng.uniform(0.39, 0.44), eye_hw=rng.uniform(0.19, 0.22), eye_hh=rng.uniform(0.075, 0.1),
-        iris_r=rng.uniform(0.078, 0.088), gaze=(float(gaze[0]), float(gaze[1])), brow_gap=rng.uniform(0.17, 0.23), brow_thick=rng.uniform(*cfg.brow_thick),
+        iris_r=rng.uniform(0.078, 0.088), gaze=(float(gaze[0]), float(gaze[1])), brow_gap=rng.uniform(0.17, 0.23), brow_thick=rng.uniform(0.04, 0.075),
         nose_len=rng.uniform(0.55, 0.68), nose_hw=rng.uniform(0.14, 0.19), nose_out=rng.uniform(0.22, 0.32),
         mouth_y=eye_y + rng.uniform(0.92, 1.02), mouth_hw=rng.uniform(0.23, 0.3), lip_h=rng.uniform(0.045, 0.07), smile=rng.uniform(-0.01, 0.04),
         skin=skin, lip_rgb=tuple(np.clip(lip, 0, 255).tolist()), hair_rgb=tuple(hair_rgb.tolist()),

@@ -682,6 +682,7 @@ class CropJitter:
 # log-scale std 0.062. (It also has a small bias, -2.2 % in y and +2.4 % in scale, left out here.)
 ALIGNER_JITTER = CropJitter(shift=0.045, rotation_deg=2.2, scale=0.06)
 
+
 @dataclass(frozen=True)
 class SkinTexture:
     """Texture laid over a face crop before the glasses are drawn, which real faces have and the

@@ -246,7 +246,7 @@ class Embedder(nn.Module):
 
         size is the regressed lens width in units: (mm - SIZE_REF_MM) / SIZE_UNIT_MM. With
         cfg.flip_average, in eval mode: the mean of both over the crop and its mirror image."""
-        if not (self.cfg.flip_average and not self.training):
+        if self.training or not self.cfg.flip_average:
             return self._parts(x)
         # The mirror as a gather of reversed columns: onnx2tf turned torch.flip's negative-step Slice
         # into a wrong graph for the trained weights (TFLite float32 cosine 0.97 to torch; random
