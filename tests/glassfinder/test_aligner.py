@@ -135,3 +135,15 @@ def test_bench_detect_cli(golden, tmp_path):
     res = json.loads(out.read_text())
     assert res["images"] == 2 and res["faces_found_rate"] == 0.5 and res["multi_face_images"] == 0
     assert res["mean_ms"] > 0
+
+
+def test_committed_aligner_carries_the_chosen_presence_threshold() -> None:
+    """The converter's config (AlignerConfig()) and the committed sidecar agree on the pipeline's
+    presence threshold, and it is below MediaPipe's 0.5 (dim faces the mesh finds are kept)."""
+    from glassfinder.models.aligner import FACE_PRESENCE_THRESHOLD
+    from glassfinder_runtime.landmarks import MeshOptions
+
+    committed = load_aligner().cfg.mesh
+    assert committed.presence_threshold == AlignerConfig().mesh.presence_threshold == FACE_PRESENCE_THRESHOLD
+    assert 0.0 < FACE_PRESENCE_THRESHOLD < MeshOptions().presence_threshold
+    assert default_landmarker().mesh_opts == committed
