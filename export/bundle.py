@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import numpy.typing as npt
 
+from glassfinder.evaluation import RENDERS_PER_SKU
 from glassfinder_export import parity as P
 from glassfinder_export.bundle_parity import metrics_fns, save_parity_set
 from glassfinder_export.calibration import load_set
@@ -66,7 +67,7 @@ class BundleConfig:
 
     catalog_seed: int = 0  # glassfinder.catalog.CatalogConfig seed
     n_gallery: int = 3200  # gallery-split SKUs enrolled (3,200 = the whole reference gallery)
-    renders_per_sku: int = 8  # K enrollment renders per SKU on gallery faces, averaged
+    renders_per_sku: int = RENDERS_PER_SKU  # K enrollment renders per SKU on gallery faces, averaged
     gallery_faces: int = 256  # procedural gallery faces used for enrollment
     # PQ spec, metric explicit. On real query crops of 800 gallery SKUs (top-1): exact 0.4575, PQ16x8
     # 0.329, OPQ16 0.365, OPQ16 + SQ8 re-ranking of a 64-row shortlist 0.4625 (3,200 SKUs: exact
