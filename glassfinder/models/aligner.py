@@ -29,9 +29,9 @@ DEFAULT_ALIGNER_WEIGHTS = WEIGHTS_DIR / "aligner.safetensors"
 # The pipeline's face-presence threshold (MediaPipe's own graphs use 0.5). At 0.5 the aligner turned
 # away 56 of 800 VAL scenes (val SKUs on val faces, query camera), mostly dark or blurred faces whose
 # mesh sat on the true face; 0.1 takes 22 of them (21 then pass the gate) without admitting any badly
-# aligned face or any VAL negative. Lower thresholds gain little more, and below 0.1 the score no
-# longer tells faces from the detector's false positives (synthetic negatives never reach the
-# aligner, so VAL cannot measure that side). Non-faces that pass still meet the gate.
+# aligned face or any VAL negative. 0.02 would keep 9 more, but the floor of 0.1 is a judgment: VAL
+# cannot measure what a lower score lets through from real non-face photos (its synthetic negatives
+# never reach presence 0.01), and a non-face that passes still meets the gate.
 FACE_PRESENCE_THRESHOLD = 0.1
 
 
