@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import numpy.typing as npt
 
-from glassfinder.evaluation import RENDERS_PER_SKU
+from glassfinder.evaluation import ENROLL_JITTER, RENDERS_PER_SKU
 from glassfinder_export import parity as P
 from glassfinder_export.bundle_parity import metrics_fns, save_parity_set
 from glassfinder_export.calibration import load_set
@@ -68,6 +68,7 @@ class BundleConfig:
     catalog_seed: int = 0  # glassfinder.catalog.CatalogConfig seed
     n_gallery: int = 3200  # gallery-split SKUs enrolled (3,200 = the whole reference gallery)
     renders_per_sku: int = RENDERS_PER_SKU  # K enrollment renders per SKU on gallery faces, averaged
+    enroll_jitter: float = ENROLL_JITTER  # enrolment crops misaligned like the aligner's, times this
     gallery_faces: int = 256  # procedural gallery faces used for enrollment
     # PQ spec, metric explicit. On real query crops of 800 gallery SKUs (top-1): exact 0.4575, PQ16x8
     # 0.329, OPQ16 0.365, OPQ16 + SQ8 re-ranking of a 64-row shortlist 0.4625 (3,200 SKUs: exact
@@ -294,7 +295,7 @@ def build_bundle(out: str | Path, models: BundleModels | None = None, cfg: Bundl
     catalog = build_catalog(CatalogConfig(seed=cfg.catalog_seed))
     skus = catalog.by_split("gallery")[: cfg.n_gallery]
     ecfg = EvalConfig(catalog_seed=cfg.catalog_seed, n_gallery=len(skus), renders_per_sku=cfg.renders_per_sku,
-                      gallery_faces=cfg.gallery_faces, seed=cfg.seed)
+                      enroll_jitter=cfg.enroll_jitter, gallery_faces=cfg.gallery_faces, seed=cfg.seed)
     embed_shipped = _embed_with(exported["embedder"][shipped["embedder"]])
     xb_int8, xb_float = enroll_gallery(skus, [embed_shipped, lambda crops: embed_images(models.embedder, crops)],
                                        ecfg, progress)

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from glassfinder.evaluation import ENROLL_JITTER, RENDERS_PER_SKU
 from glassfinder.losses import LOSS_NAMES, MetricLoss, build_loss
 from glassfinder.models.embedder import (
     Embedder,
@@ -635,7 +636,9 @@ def soup_embedder(paths: list[str], out_dir: str, val: SkuValData | None = None,
 
 # Candidate size_scale values (weight of the size triangles against the appearance part); 0 = ignore size.
 SIZE_SCALES = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
-SKU_VAL_ENROLL = 4  # renders enrolled per VAL SKU when choosing size_scale (mean vector, like the gallery)
+# Renders enrolled per VAL SKU when choosing size_scale (mean vector): as many as the gallery enrols.
+# The best weight depends on it: with the six-run soup, 2.5 at K = 4 and 1.5 at K = 16 (VAL, 2 seeds).
+SKU_VAL_ENROLL = RENDERS_PER_SKU
 # Queries per VAL SKU when choosing size_scale: with one (800 queries) the pick moved with the seed.
 SKU_VAL_QUERIES = 3
 
@@ -939,14 +942,15 @@ def default_embedder_data(cfg: TrainConfig) -> EmbedderData:
 
 
 def _sku_val_data(val_groups: list[list[Any]], enroll_faces: Any, query_faces: Any) -> SkuValData:
-    """One class per VAL SKU (sizes apart), enrolled with the gallery camera and queried misaligned
-    with the query camera on the other faces."""
+    """One class per VAL SKU (sizes apart), enrolled as the gallery is (gallery camera, misaligned
+    by evaluation.ENROLL_JITTER) and queried misaligned with the query camera on the other faces."""
     from glassfinder.camera import GALLERY_CAMERA
     from glassfinder.renderer import ALIGNER_JITTER
 
     val_skus = [[sku] for group in val_groups for sku in group]
     return SkuValData(
-        enroll=RenderedCropSource(val_skus, enroll_faces, (GALLERY_CAMERA,)),
+        enroll=RenderedCropSource(val_skus, enroll_faces, (GALLERY_CAMERA,),
+                                  jitter=ALIGNER_JITTER.scaled(ENROLL_JITTER)),
         query=RenderedCropSource(val_skus, query_faces, _cameras()[1], jitter=ALIGNER_JITTER),
         groups=np.repeat(np.arange(len(val_groups)), [len(g) for g in val_groups]).astype(np.int64))
 

@@ -44,8 +44,9 @@ def run_eval(args) -> int:
     from glassfinder_runtime.errors import ConfigError
 
     cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
-    if cfg.n_gallery < cfg.top_k or cfg.n_queries < 1 or cfg.renders_per_sku < 1:
-        raise ConfigError(f"need --n-gallery >= --top-k ({cfg.top_k}), --n-queries >= 1 and --renders-per-sku >= 1")
+    if cfg.n_gallery < cfg.top_k or cfg.n_queries < 1 or cfg.renders_per_sku < 1 or cfg.enroll_jitter < 0:
+        raise ConfigError(f"need --n-gallery >= --top-k ({cfg.top_k}), --n-queries >= 1, --renders-per-sku >= 1 "
+                          "and --enroll-jitter >= 0")
     report = evaluate(cfg, progress=not args.quiet, sheet=str(args.sheet) if args.sheet else None,
                       bundle=str(args.bundle) if args.bundle else None)
     keys = ("top1", "top5", "top10", "top1_size_insensitive", "top10_size_insensitive", "map_at_r",

@@ -62,3 +62,20 @@ def test_failure_sheet_has_a_line_per_failed_query():
     y, x = 30 + line, 96 + 10 + 128 + 8  # the refused query's first top-5 cell: red "refused" text
     cell = np.asarray(sheet)[y + 16:y + 36, x:x + 60].astype(int)
     assert ((cell[..., 0] - cell[..., 1]) > 100).any()
+
+
+def test_size_scale_is_chosen_on_val_skus_enrolled_as_the_gallery_is():
+    """The best size_scale depends on how SKUs are enrolled (K renders, their misalignment): the VAL
+    enrolment that chooses it, the benchmark's gallery and the bundle's gallery must agree."""
+    from types import SimpleNamespace
+
+    from glassfinder import train
+    from glassfinder.renderer import ALIGNER_JITTER
+    from glassfinder_export.bundle import BundleConfig
+
+    faces = SimpleNamespace(face_ids=["f0", "f1"])
+    val = train._sku_val_data([[object()]], faces, faces)
+    eval_cfg, bundle_cfg = EvalConfig(), BundleConfig()
+    assert train.SKU_VAL_ENROLL == eval_cfg.renders_per_sku == bundle_cfg.renders_per_sku
+    assert eval_cfg.enroll_jitter == bundle_cfg.enroll_jitter > 0
+    assert val.enroll.jitter == ALIGNER_JITTER.scaled(eval_cfg.enroll_jitter)
