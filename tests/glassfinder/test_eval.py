@@ -45,6 +45,11 @@ def test_eval_refuses_a_bundle_of_other_skus():
                  progress=False, bundle=str(TINY))
 
 
+def test_eval_refuses_a_negative_enrolment_jitter(capsys):
+    assert main(["eval", *SMALL, "--enroll-jitter", "-0.5"]) == 2
+    assert "--enroll-jitter >= 0" in capsys.readouterr().err
+
+
 def test_failure_sheet_has_a_line_per_failed_query():
     from PIL import Image
 
