@@ -25,13 +25,20 @@ def register(sub, bench) -> None:
         epilog=("examples:\n"
                 "  glassfinder eval --json out/eval.json --sheet out/failures.png   # the reference protocol\n"
                 "  glassfinder eval --bundle bundle --json out/eval_bundle.json      # + the bundle's int8 pipeline\n"
-                "  glassfinder eval --n-gallery 400 --n-queries 400 --json out/eval_small.json  # a quick look"),
+                "  glassfinder eval --n-gallery 400 --n-queries 400 --json out/eval_small.json  # a quick look\n"
+                "  glassfinder eval --embedder out/train/embedder_s16a/embedder.safetensors --json out/eval_s16a.json"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, help="write the report here (it is printed too)")
     p.add_argument("--sheet", type=Path, help="write a picture of failed queries with their top-5")
     p.add_argument("--bundle", type=Path,
                    help="also run the same photos through this bundle's on-device pipeline (LiteRT models), "
                         "searched exactly and with the bundle's gallery; reports the top-1 drop vs float")
+    p.add_argument("--embedder", type=Path, metavar="WEIGHTS",
+                   help="benchmark this embedder .safetensors instead of the committed one (e.g. a training "
+                        "run's, to compare runs on the same photos); not with --bundle")
+    p.add_argument("--gate", type=Path, metavar="WEIGHTS",
+                   help="benchmark this gate .safetensors, at the threshold stored with it, instead of the "
+                        "committed one; not with --bundle")
     for f in fields(EvalConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(d, f.name)), default=getattr(d, f.name),
                        help="(default %(default)s)")
@@ -47,8 +54,12 @@ def run_eval(args) -> int:
     if cfg.n_gallery < cfg.top_k or cfg.n_queries < 1 or cfg.renders_per_sku < 1 or cfg.enroll_jitter < 0:
         raise ConfigError(f"need --n-gallery >= --top-k ({cfg.top_k}), --n-queries >= 1, --renders-per-sku >= 1 "
                           "and --enroll-jitter >= 0")
-    report = evaluate(cfg, progress=not args.quiet, sheet=str(args.sheet) if args.sheet else None,
-                      bundle=str(args.bundle) if args.bundle else None)
+    if args.bundle and (args.embedder or args.gate):
+        raise ConfigError("--bundle compares the committed float models with the bundle built from them; "
+                          "--embedder/--gate benchmark other float weights: use one or the other")
+    report = evaluate(cfg, float_pipeline(args.embedder, args.gate), progress=not args.quiet,
+                      sheet=str(args.sheet) if args.sheet else None, bundle=str(args.bundle) if args.bundle else None)
+    report["weights"] = {"embedder": str(args.embedder or "committed"), "gate": str(args.gate or "committed")}
     keys = ("top1", "top5", "top10", "top1_size_insensitive", "top10_size_insensitive", "map_at_r",
             "top1_ceiling_size_blind", "gate_tpr", "gate_tpr_found_faces", "gate_fpr", "refused_no_face",
             "refused_no_glasses", "gallery_skus", "queries", "seconds")
@@ -69,3 +80,25 @@ def run_eval(args) -> int:
     if args.sheet:
         print(f"failures: {args.sheet}", file=sys.stderr)
     return 0
+
+
+def float_pipeline(embedder: Path | None, gate: Path | None):
+    """The torch float pipeline with the given embedder / gate weights (None: the committed ones)."""
+    from glassfinder.evaluation import FloatPipeline
+    from glassfinder.models.embedder import load_embedder
+    from glassfinder.models.gate import load_gate
+    from glassfinder_runtime.errors import ConfigError
+
+    kw = {}
+    for name, path in (("embedder", embedder), ("gate", gate)):
+        if path is None:
+            continue
+        try:
+            model, sidecar = (load_embedder if name == "embedder" else load_gate)(path)
+        except (ConfigError, RuntimeError, TypeError, ValueError, KeyError) as exc:  # e.g. another model's weights
+            why = str(exc).splitlines()[0]
+            raise ConfigError(why if why.startswith(str(path)) else f"{path}: not {name} weights ({why})") from exc
+        kw[name] = model
+        if name == "gate":
+            kw["gate_threshold"] = float(sidecar["threshold"])
+    return FloatPipeline(**kw)

@@ -50,6 +50,28 @@ def test_eval_refuses_a_negative_enrolment_jitter(capsys):
     assert "--enroll-jitter >= 0" in capsys.readouterr().err
 
 
+def test_eval_benchmarks_the_weights_it_is_given_and_records_them(tmp_path):
+    weights = ROOT / "glassfinder" / "weights"
+    default, given = tmp_path / "default.json", tmp_path / "given.json"
+    assert main(["eval", *SMALL, "--json", str(default)]) == 0
+    assert main(["eval", *SMALL, "--embedder", str(weights / "embedder.safetensors"),
+                 "--gate", str(weights / "gate.safetensors"), "--json", str(given)]) == 0
+    a, b = json.loads(default.read_text()), json.loads(given.read_text())
+    assert a["weights"] == {"embedder": "committed", "gate": "committed"}
+    assert b["weights"]["embedder"].endswith("embedder.safetensors")
+    assert (b["top1"], b["top10"], b["gate_fpr"]) == (a["top1"], a["top10"], a["gate_fpr"])
+
+
+def test_eval_refuses_another_models_weights_and_weights_with_a_bundle(capsys):
+    weights = ROOT / "glassfinder" / "weights"
+    assert main(["eval", *SMALL, "--embedder", str(weights / "gate.safetensors")]) == 2
+    assert "gate.safetensors" in capsys.readouterr().err
+    assert main(["eval", *SMALL, "--gate", str(weights / "embedder.safetensors")]) == 2
+    assert "threshold" in capsys.readouterr().err
+    assert main(["eval", *SMALL, "--bundle", str(TINY), "--embedder", str(weights / "embedder.safetensors")]) == 2
+    assert "use one or the other" in capsys.readouterr().err
+
+
 def test_failure_sheet_has_a_line_per_failed_query():
     from PIL import Image
 
