@@ -26,7 +26,7 @@ def register(sub, bench) -> None:
                 "  glassfinder eval --json out/eval.json --sheet out/failures.png   # the reference protocol\n"
                 "  glassfinder eval --bundle bundle --json out/eval_bundle.json      # + the bundle's int8 pipeline\n"
                 "  glassfinder eval --n-gallery 400 --n-queries 400 --json out/eval_small.json  # a quick look\n"
-                "  glassfinder eval --embedder out/train/embedder_s16a/embedder.safetensors --json out/eval_s16a.json"),
+                "  glassfinder eval --embedder out/train/embedder/embedder.safetensors --json out/eval_run.json"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, help="write the report here (it is printed too)")
     p.add_argument("--sheet", type=Path, help="write a picture of failed queries with their top-5")
@@ -87,18 +87,23 @@ def float_pipeline(embedder: Path | None, gate: Path | None):
     from glassfinder.evaluation import FloatPipeline
     from glassfinder.models.embedder import load_embedder
     from glassfinder.models.gate import load_gate
-    from glassfinder_runtime.errors import ConfigError
 
     kw = {}
-    for name, path in (("embedder", embedder), ("gate", gate)):
-        if path is None:
-            continue
-        try:
-            model, sidecar = (load_embedder if name == "embedder" else load_gate)(path)
-        except (ConfigError, RuntimeError, TypeError, ValueError, KeyError) as exc:  # e.g. another model's weights
-            why = str(exc).splitlines()[0]
-            raise ConfigError(why if why.startswith(str(path)) else f"{path}: not {name} weights ({why})") from exc
-        kw[name] = model
-        if name == "gate":
-            kw["gate_threshold"] = float(sidecar["threshold"])
+    if embedder is not None:
+        kw["embedder"] = _load(load_embedder, "embedder", embedder)[0]
+    if gate is not None:
+        kw["gate"], sidecar = _load(load_gate, "gate", gate)
+        kw["gate_threshold"] = float(sidecar["threshold"])
     return FloatPipeline(**kw)
+
+
+def _load(loader, name: str, path: Path):
+    """loader(path); a user's mistake (a missing file, another model's weights) becomes a ConfigError
+    naming the file."""
+    from glassfinder_runtime.errors import ConfigError
+
+    try:
+        return loader(path)
+    except (ConfigError, RuntimeError, TypeError, ValueError, KeyError) as exc:
+        why = str(exc).splitlines()[0]
+        raise ConfigError(why if why.startswith(str(path)) else f"{path}: not {name} weights ({why})") from exc
