@@ -40,10 +40,25 @@ def register(sub, bench) -> None:
                    help="benchmark this gate .safetensors, at the threshold stored with it, instead of the "
                         "committed one; not with --bundle")
     for f in fields(EvalConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(d, f.name)), default=getattr(d, f.name),
-                       help="(default %(default)s)")
+        kind = type(getattr(d, f.name))
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=getattr(d, f.name),
+                       metavar="N" if kind is int else "X", help=f"{PROTOCOL_HELP[f.name]} (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
+
+
+# --help for each EvalConfig field (the reference protocol is the defaults).
+PROTOCOL_HELP = {
+    "catalog_seed": "seed of the parametric catalog",
+    "n_gallery": "gallery-split SKUs enrolled (3,200 = the reference gallery)",
+    "renders_per_sku": "K renders per SKU, averaged into its gallery vector",
+    "enroll_jitter": "enrolment crops misaligned like the aligner's, times this; 0: aligned on ground truth",
+    "gallery_faces": "procedural gallery faces the enrolment renders use",
+    "n_queries": "query scenes on query faces, with the query camera",
+    "n_negatives": "bare faces and non-face images for the gate's FPR",
+    "seed": "rendering seed",
+    "top_k": "results kept per query",
+}
 
 
 def run_eval(args) -> int:
