@@ -105,20 +105,9 @@ def float_pipeline(embedder: Path | None, gate: Path | None):
 
     kw = {}
     if embedder is not None:
-        kw["embedder"] = _load(load_embedder, "embedder", embedder)[0]
+        kw["embedder"] = load_embedder(embedder)[0]
     if gate is not None:
-        kw["gate"], sidecar = _load(load_gate, "gate", gate)
+        kw["gate"], sidecar = load_gate(gate)
         kw["gate_threshold"] = float(sidecar["threshold"])
     return FloatPipeline(**kw)
 
-
-def _load(loader, name: str, path: Path):
-    """loader(path); a user's mistake (a missing file, another model's weights) becomes a ConfigError
-    naming the file."""
-    from glassfinder_runtime.errors import ConfigError
-
-    try:
-        return loader(path)
-    except (ConfigError, RuntimeError, TypeError, ValueError, KeyError) as exc:
-        why = str(exc).splitlines()[0]
-        raise ConfigError(why if why.startswith(str(path)) else f"{path}: not {name} weights ({why})") from exc

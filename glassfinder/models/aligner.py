@@ -135,9 +135,7 @@ def build_aligner(cfg: AlignerConfig = AlignerConfig()) -> FaceMesh:
 
 def load_aligner(path: str | Path = DEFAULT_ALIGNER_WEIGHTS) -> FaceMesh:
     """The aligner with its committed weights (config from the JSON sidecar), in eval mode."""
-    from glassfinder.models.embedder import read_weights
+    from glassfinder.models.embedder import build_from_weights, read_weights
 
     state, side = read_weights(path)
-    model = build_aligner(AlignerConfig.from_dict(side["config"]))
-    model.load_state_dict(state)
-    return model.eval()
+    return build_from_weights(path, "aligner", state, side, AlignerConfig, build_aligner)

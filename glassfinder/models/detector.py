@@ -179,9 +179,7 @@ def build_detector(cfg: DetectorConfig = DetectorConfig()) -> BlazeFace:
 
 def load_detector(path: str | Path = DEFAULT_DETECTOR_WEIGHTS) -> BlazeFace:
     """The detector with its committed weights (config from the JSON sidecar), in eval mode."""
-    from glassfinder.models.embedder import read_weights
+    from glassfinder.models.embedder import build_from_weights, read_weights
 
     state, side = read_weights(path)
-    model = build_detector(DetectorConfig.from_dict(side["config"]))
-    model.load_state_dict(state)
-    return model.eval()
+    return build_from_weights(path, "detector", state, side, DetectorConfig, build_detector)

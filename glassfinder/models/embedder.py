@@ -407,12 +407,22 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return load_file(str(path)), sidecar
 
 
+def build_from_weights(path: str | Path, kind: str, state: dict[str, torch.Tensor], sidecar: dict[str, Any],
+                       config_cls: Any, build: Callable[[Any], nn.Module]) -> nn.Module:
+    """The model of read_weights(path)'s (state, sidecar), in eval mode. Weights of another model (or
+    of a config this code does not know) are a ConfigError naming the file, not a torch traceback."""
+    try:
+        model = build(config_cls.from_dict(sidecar["config"]))
+        model.load_state_dict(state)
+    except (ConfigError, RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not {kind} weights ({str(exc).splitlines()[0]})") from exc
+    return model.eval()
+
+
 def load_embedder(path: str | Path = DEFAULT_EMBEDDER_WEIGHTS) -> tuple[Embedder, dict[str, Any]]:
     """Load trained weights (eval mode). Returns (model, sidecar dict with 'config' and training record)."""
     state, sidecar = read_weights(path)
-    model = build_embedder(EmbedderConfig.from_dict(sidecar["config"]))
-    model.load_state_dict(state)
-    return model.eval(), sidecar
+    return build_from_weights(path, "embedder", state, sidecar, EmbedderConfig, build_embedder), sidecar
 
 
 def sizeless_state(state: dict[str, torch.Tensor], cfg: EmbedderConfig) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from glassfinder.models.embedder import (
     WEIGHTS_DIR,
     ConvBNReLU6,
     _tuples,
+    build_from_weights,
     images_to_tensor,
     init_weights,
     input_contract,
@@ -122,6 +123,4 @@ def load_gate(path: str | Path = DEFAULT_GATE_WEIGHTS) -> tuple[Gate, dict[str, 
     state, sidecar = read_weights(path)
     if "threshold" not in sidecar:
         raise ConfigError(f"{Path(path).with_suffix('.json')}: gate sidecar has no 'threshold'")
-    model = build_gate(GateConfig.from_dict(sidecar["config"]))
-    model.load_state_dict(state)
-    return model.eval(), sidecar
+    return build_from_weights(path, "gate", state, sidecar, GateConfig, build_gate), sidecar

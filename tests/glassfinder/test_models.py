@@ -151,6 +151,18 @@ def test_weights_round_trip(tmp_path):
         load_embedder(tmp_path / "missing.safetensors")
 
 
+def test_weights_that_do_not_fit_their_config_are_a_config_error_naming_the_file(tmp_path):
+    small, big = EmbedderConfig(last_channels=64, embedding_dim=32), EmbedderConfig()
+    save_weights(build_embedder(small), big, tmp_path / "e.safetensors", {})  # state of one, config of another
+    with pytest.raises(ConfigError, match=r"e\.safetensors: not embedder weights"):
+        load_embedder(tmp_path / "e.safetensors")
+    g = build_gate()
+    save_weights(g, replace(g.cfg, stem_channels=2 * g.cfg.stem_channels), tmp_path / "g.safetensors",
+                 {"threshold": 0.5})
+    with pytest.raises(ConfigError, match=r"g\.safetensors: not gate weights"):
+        load_gate(tmp_path / "g.safetensors")
+
+
 def test_committed_default_weights_match_their_config():
     """The committed weights load into the default architecture and their sidecars say how they were made."""
     emb, side = load_embedder()
